@@ -1,0 +1,31 @@
+# make install: .venv with pinned versions (CPU machine friendly); make demo / make test install first.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test lint bench clean
+
+install: $(STAMP)
+
+$(STAMP): requirements.lock pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet -r requirements.lock
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+demo: install
+	$(BIN)/python -m autoprune.demo
+
+test: install
+	$(BIN)/python -m pytest -q tests
+
+lint: install
+	$(BIN)/ruff check autoprune tests benchmarks
+	$(BIN)/mypy autoprune
+
+bench: install
+	$(BIN)/python benchmarks/pruned_training_speed.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,121 @@
+"""Command line. Nothing else imports this module.
+
+User errors (``UserError``) end with ``error: <one line>`` and exit code 2, no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from autoprune.errors import UserError
+
+Handler = Callable[[argparse.Namespace], int]
+_HANDLERS: dict[str, Handler] = {}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports usage errors as one line with exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UserError(f"{self.prog}: {message}")
+
+
+def command(name: str) -> Callable[[Handler], Handler]:
+    def register(fn: Handler) -> Handler:
+        _HANDLERS[name] = fn
+        return fn
+
+    return register
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="autoprune", description=__doc__.splitlines()[0] if __doc__ else "")
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("train", help="train one model while pruning it, as a config says")
+    p.add_argument("config", help="train config YAML (model, dataset, training, method, ...)")
+    p.add_argument("--out", help="output folder (default: runs/train/<config name>)")
+    p.add_argument("--fresh", action="store_true",
+                   help="ignore a checkpoint in --out and start from scratch")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    p = sub.add_parser("models", help="list the registered models")
+    p.add_argument("pattern", nargs="?", help="shell-style filter, e.g. 'cifar_*'")
+    sub.add_parser("datasets", help="list the registered datasets")
+    sub.add_parser("methods", help="list the registered pruning methods and their parameters")
+
+    from autoprune import search_cli  # search, pareto, pick, ui (kept out of this file)
+
+    search_cli.add_commands(sub, command)
+    return parser
+
+
+@command("train")
+def _train(args: argparse.Namespace) -> int:
+    from autoprune.config import load_train_config
+    from autoprune.engine import train
+
+    config = load_train_config(args.config)
+    out = Path(args.out) if args.out else Path("runs/train") / Path(args.config).stem
+    summary = train(config, out, progress=not args.quiet, resume=not args.fresh)
+    keys = ("accuracy", "macs", "dense_macs", "params", "dense_params", "train_flops",
+            "dense_train_flops", "wall_time_s")
+    print(json.dumps({k: summary[k] for k in keys}, indent=2))
+    print(f"wrote {out / 'summary.json'} and {out / 'model.pt'}")
+    return 0
+
+
+@command("models")
+def _models(args: argparse.Namespace) -> int:
+    from autoprune.models import list_models
+
+    print("\n".join(list_models(args.pattern)))
+    return 0
+
+
+@command("datasets")
+def _datasets(args: argparse.Namespace) -> int:
+    from autoprune.data import list_datasets
+
+    print("\n".join(list_datasets()))
+    return 0
+
+
+@command("methods")
+def _methods(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from autoprune.methods import get_method, list_methods
+
+    for name in list_methods():
+        fields = dataclasses.fields(get_method(name).Params)
+        params = ", ".join(f"{f.name}={f.default!r}" for f in fields)
+        print(f"{name}: {params}" if params else name)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return _HANDLERS[args.command](args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+def _version() -> str:
+    from autoprune import __version__
+
+    return __version__
+
+
+if __name__ == "__main__":
+    sys.exit(main())

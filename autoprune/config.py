@@ -1,0 +1,223 @@
+"""Typed, frozen train configs: YAML and flat dicts are converted and validated once here.
+
+Every error names the offending key (``training.lr``, ``method_params.target_ratio``)
+and, where there is a fixed set, the allowed values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar, get_args, get_origin
+
+import yaml
+
+from autoprune.errors import ConfigError
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    """Which data, from where, and how much of it."""
+
+    name: str = "digits"
+    data_dir: str | None = None
+    train_subset: int | None = None
+    val_fraction: float = 0.1
+    download: bool = False
+
+    def validate(self) -> None:
+        from autoprune.data import list_datasets
+
+        check_choice("dataset.name", self.name, list_datasets())
+        if self.train_subset is not None and self.train_subset < 1:
+            raise ConfigError(f"dataset.train_subset must be at least 1, got {self.train_subset}")
+        check_range("dataset.val_fraction", self.val_fraction, 0.0, 0.5)
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """The training recipe. ``lr`` follows ``lr_schedule`` over ``epochs``."""
+
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 0.05
+    seed: int = 0
+    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    lr_schedule: Literal["cosine", "constant", "step"] = "cosine"
+    device: str = "auto"
+    threads: int | None = None
+    label_smoothing: float = 0.0
+
+    def validate(self) -> None:
+        check_range("training.epochs", self.epochs, 1, 100_000)
+        check_range("training.batch_size", self.batch_size, 1, 1 << 20)
+        check_range("training.lr", self.lr, 0.0, 10.0, low_open=True)
+        check_range("training.momentum", self.momentum, 0.0, 1.0)
+        check_range("training.weight_decay", self.weight_decay, 0.0, 1.0)
+        check_range("training.label_smoothing", self.label_smoothing, 0.0, 0.5)
+        if self.threads is not None:
+            check_range("training.threads", self.threads, 1, 1024)
+        if not (self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:")):
+            raise ConfigError(f"training.device must be auto, cpu, cuda or cuda:N, not {self.device!r}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A whole ``autoprune train`` run. ``method_params`` is validated by the method."""
+
+    model: str
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    method: str = "dense"
+    method_params: Mapping[str, Any] = field(default_factory=dict)
+    model_params: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (what ``summary.json`` and MLflow store; loads back identically)."""
+        return dataclasses.asdict(self)
+
+
+def parse_train_config(data: Any) -> TrainConfig:
+    """Validate a nested mapping (from YAML or a search trial) into a :class:`TrainConfig`."""
+    from autoprune.methods import get_method
+    from autoprune.models import list_models
+
+    if not isinstance(data, Mapping):
+        raise ConfigError("a train config must be a mapping with keys model, dataset, training, ...")
+    data = dict(data)
+    if isinstance(data.get("dataset"), str):
+        data["dataset"] = {"name": data["dataset"]}
+    if "model" not in data:
+        raise ConfigError("missing required key 'model'")
+    config = from_mapping(TrainConfig, data, "")
+    check_choice("model", config.model, list_models())
+    config.dataset.validate()
+    config.training.validate()
+    params = get_method(config.method).parse_params(config.method_params, config.training.epochs)
+    return dataclasses.replace(config, method_params=dataclasses.asdict(params))
+
+
+def load_yaml(path: str | Path) -> Any:
+    """Safe YAML load with a one-line error for a missing or malformed file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise ConfigError(f"{path} is not valid YAML{where}") from None
+
+
+def load_train_config(path: str | Path) -> TrainConfig:
+    """Read and validate a train config YAML file."""
+    return parse_train_config(load_yaml(path))
+
+
+def dump_yaml(data: Any, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+# --- generic typed conversion -------------------------------------------------------
+
+
+def from_mapping(cls: type[T], data: Any, where: str) -> T:
+    """Build dataclass ``cls`` from ``data``: unknown keys, missing keys and wrong types
+    are :class:`ConfigError` naming the dotted key."""
+    prefix = f"{where}." if where else ""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where or 'config'} must be a mapping, got {_kind(data)}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    for key in data:
+        if key not in fields:
+            hint = difflib.get_close_matches(str(key), fields, n=1)
+            also = f" (did you mean {hint[0]!r}?)" if hint else ""
+            raise ConfigError(
+                f"unknown key '{prefix}{key}'{also}; allowed: {', '.join(sorted(fields))}"
+            )
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for name, f in fields.items():
+        if name in data:
+            kwargs[name] = convert(hints[name], data[name], f"{prefix}{name}")
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"missing required key '{prefix}{name}'")
+    return cls(**kwargs)
+
+
+def convert(tp: Any, value: Any, key: str) -> Any:
+    """Check (and lightly coerce: int -> float) ``value`` against type ``tp``."""
+    origin = get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return convert(option, value, key)
+            except ConfigError as exc:
+                errors.append(exc)
+        raise errors[0]
+    if origin is Literal:
+        check_choice(key, value, list(get_args(tp)))
+        return value
+    if origin in (Mapping, dict) or tp in (dict, Mapping):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key} must be a mapping, got {_kind(value)}")
+        return dict(value)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} must be a list, got {_kind(value)}")
+        (item,) = get_args(tp)[:1] or (Any,)
+        return tuple(convert(item, v, f"{key}[{i}]") for i, v in enumerate(value))
+    if dataclasses.is_dataclass(tp):
+        return from_mapping(tp, value, key)  # type: ignore[arg-type]
+    if tp is Any:
+        return value
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float) and isinstance(value, bool):
+        raise ConfigError(f"{key} must be a number, got a boolean")
+    if isinstance(tp, type) and not isinstance(value, tp):
+        raise ConfigError(f"{key} must be {_type_name(tp)}, got {_kind(value)} {value!r}")
+    return value
+
+
+def check_choice(key: str, value: Any, allowed: list[Any]) -> None:
+    if value not in allowed:
+        hint = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=3)
+        also = f"; did you mean {', '.join(hint)}?" if hint else ""
+        shown = ", ".join(map(str, allowed[:12])) + (", ..." if len(allowed) > 12 else "")
+        raise ConfigError(f"unknown {key} {value!r}{also} (allowed: {shown})")
+
+
+def check_range(
+    key: str, value: float, low: float, high: float, low_open: bool = False
+) -> None:
+    bad_low = value <= low if low_open else value < low
+    if bad_low or value > high:
+        bracket = "(" if low_open else "["
+        raise ConfigError(f"{key} must be in {bracket}{low}, {high}], got {value}")
+
+
+def _kind(value: Any) -> str:
+    return type(value).__name__
+
+
+def _type_name(tp: Any) -> str:
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(
+        tp, getattr(tp, "__name__", str(tp))
+    )

@@ -1,0 +1,104 @@
+"""What a PruningMethod sees of a training run, and the only way it changes the network."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from autoprune.compute import StepCost, count_macs_params, measure_step_cost
+from autoprune.surgery import (
+    ChannelGroup,
+    DependencyIndex,
+    ParamRemap,
+    remove_channels,
+    removed_identity,
+)
+
+
+class TrainContext:
+    """The state of one training run shared between the engine and its PruningMethod.
+
+    Every structural change goes through :meth:`remove_channels`,
+    :meth:`remove_module` or :meth:`structure_changed`, which keep the dependency graph,
+    the optimiser and the compute counts in step with the network.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        example_batch: tuple[torch.Tensor, torch.Tensor],
+        train_data: Any,
+        epochs: int,
+        device: torch.device,
+    ) -> None:
+        self.model = model
+        self.example_batch = example_batch
+        self.example_input = example_batch[0][:1]
+        self.train_data = train_data
+        self.epochs = epochs
+        self.device = device
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.epoch = 0
+        """Epoch being trained (1-based); in ``on_epoch_end`` the epoch just completed."""
+        self.step = 0
+        self.loss: torch.Tensor | None = None
+        """The task loss of the current step (after the forward pass)."""
+        self.extra_flops = 0.0
+        self.macs = self.params = 0
+        self.cost = StepCost(0.0, 0.0)
+        self._index: DependencyIndex | None = None
+        self.recount()
+        self.dense_widths: dict[str, int] = self.widths()
+        """Channel-group widths of the full architecture, before any method touched it."""
+
+    # --- reading the network -----------------------------------------------------------
+
+    def index(self) -> DependencyIndex:
+        """Dependency graph and channel groups of the current network (cached)."""
+        if self._index is None:
+            self._index = DependencyIndex(self.model, self.example_input)
+        return self._index
+
+    def groups(self) -> dict[str, ChannelGroup]:
+        return self.index().groups
+
+    def widths(self) -> dict[str, int]:
+        return {k: g.width for k, g in self.groups().items()}
+
+    # --- changing the network ----------------------------------------------------------
+
+    def remove_channels(self, plan: Mapping[str, Sequence[int]]) -> int:
+        """Physically remove channels (group key -> channel indices); returns the count."""
+        plan = {k: v for k, v in plan.items() if len(v)}
+        if not plan:
+            return 0
+        removed = remove_channels(self.model, plan, self.example_input, self.optimizer, self.index())
+        self.structure_changed()
+        return removed
+
+    def remove_module(self, name: str) -> None:
+        """Replace a residual branch by the identity (its parameters leave the optimiser)."""
+        remap = ParamRemap(self.model)
+        self.model.set_submodule(name, removed_identity())
+        remap.rebind(self.optimizer)
+        self.structure_changed()
+
+    def structure_changed(self) -> None:
+        """Call after changing the network by other means (e.g. growth, gates removed)."""
+        self._index = None
+        self.recount()
+
+    def recount(self) -> None:
+        """Recount inference MACs/params and the FLOPs of a training step."""
+        self.macs, self.params = count_macs_params(self.model, self.example_input)
+        x, y = self.example_batch
+        self.cost = measure_step_cost(self.model, x, y)
+
+    # --- accounting ----------------------------------------------------------------
+
+    def count_extra_forward(self, num_samples: int) -> None:
+        """Charge forward passes a method makes outside training steps (measurement)."""
+        self.extra_flops += self.cost.forward * num_samples

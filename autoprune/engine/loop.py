@@ -1,0 +1,226 @@
+"""The training loop: train from scratch while a PruningMethod reshapes the network.
+
+Read it top to bottom: set up data, model and method; for every epoch, train (calling the
+method's hooks), let the method prune or grow, measure, record, checkpoint; then the
+method's final cut, the test accuracy, the latency, and ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from autoprune.compute import measure_latency_ms
+from autoprune.config import TrainConfig
+from autoprune.data import load_dataset
+from autoprune.engine.checkpoint import CHECKPOINT, load_checkpoint, restore, save_checkpoint
+from autoprune.engine.context import TrainContext
+from autoprune.engine.optim import build_optimizer, lr_at, set_lr
+from autoprune.errors import UserError
+from autoprune.methods import create_method
+from autoprune.models import create_model
+from autoprune.surgery import save_model
+
+EpochCallback = Callable[[dict[str, Any], Path], None]
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite: the run stops as failed, never as completed."""
+
+
+def build_model(config: TrainConfig, num_classes: int, in_channels: int, input_size: int) -> nn.Module:
+    """The registry model, tagged with its build arguments so it can be saved as data."""
+    build = {
+        "name": config.model, "num_classes": num_classes,
+        "in_channels": in_channels, "input_size": input_size, **dict(config.model_params),
+    }
+    model = create_model(**build)
+    model.autoprune_build = build  # type: ignore[assignment]
+    return model
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"training.device is {name!r} but no CUDA device is available")
+    return torch.device(name)
+
+
+def train(
+    config: TrainConfig,
+    out_dir: str | Path,
+    on_epoch: EpochCallback | None = None,
+    progress: bool = True,
+    resume: bool = True,
+) -> dict[str, Any]:
+    """Run one training (with pruning) to completion and return its summary.
+
+    Writes ``summary.json``, ``model.pt`` and, after every epoch, ``checkpoint.pt`` to
+    ``out_dir``. With ``resume`` and a checkpoint there, training continues from it in
+    the checkpoint's (pruned) shape. ``on_epoch(record, out_dir)`` is called after each
+    epoch's checkpoint is written.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tc = config.training
+    if tc.threads:
+        torch.set_num_threads(tc.threads)
+    torch.manual_seed(tc.seed)
+    device = resolve_device(tc.device)
+    ds = config.dataset
+    data = load_dataset(
+        ds.name, data_dir=ds.data_dir, train_subset=ds.train_subset, seed=tc.seed,
+        batch_size=tc.batch_size, device=device, download=ds.download,
+        val_fraction=ds.val_fraction,
+    )
+    model = build_model(config, data.num_classes, data.in_channels, data.input_size).to(device)
+    x0, y0 = next(iter(data.train))
+    ctx = TrainContext(model, (x0[:16], y0[:16]), data.train, tc.epochs, device)
+    dense = {"macs": ctx.macs, "params": ctx.params, "step_flops": ctx.cost.train}
+
+    method = create_method(config.method, config.method_params, tc.epochs)
+    method.setup(ctx)
+    groups = getattr(method, "param_groups", lambda m: None)(ctx.model)
+    ctx.optimizer = build_optimizer(groups or [{"params": list(ctx.model.parameters())}], tc)
+
+    history: list[dict[str, Any]] = []
+    train_flops = 0.0
+    start_epoch = 0
+    ckpt_path = out / CHECKPOINT
+    if resume and ckpt_path.is_file():
+        state = restore(load_checkpoint(ckpt_path), ctx, method)
+        start_epoch, history, train_flops = state["epoch"], state["history"], state["train_flops"]
+        ctx.extra_flops = state["extra_flops"]
+
+    wall0 = time.perf_counter() - sum(_epoch_wall(r) for r in history)
+    for epoch in range(start_epoch, tc.epochs):
+        ctx.epoch = epoch + 1
+        set_lr(ctx.optimizer, lr_at(epoch, tc))
+        data.train.set_epoch(epoch)
+        t0 = time.perf_counter()
+        method.on_epoch_start(ctx, ctx.epoch)
+        loss_sum, seen = _train_epoch(ctx, method, config, progress)
+        train_flops += ctx.cost.train * seen
+        t1 = time.perf_counter()
+        event = method.on_epoch_end(ctx, ctx.epoch)
+        t2 = time.perf_counter()
+        accuracy, val_loss = evaluate(ctx.model, data.val if data.val.num_samples else data.test)
+        record = {
+            "epoch": ctx.epoch, "accuracy": accuracy, "val_loss": val_loss,
+            "train_loss": loss_sum / max(seen, 1), "lr": lr_at(epoch, tc),
+            "macs": ctx.macs, "params": ctx.params,
+            "train_flops": train_flops + ctx.extra_flops,
+            "time_s": t1 - t0, "method_time_s": t2 - t1, "eval_time_s": time.perf_counter() - t2,
+            **event,
+        }
+        history.append(record)
+        progress_state = {
+            "epoch": ctx.epoch, "history": history, "train_flops": train_flops,
+            "extra_flops": ctx.extra_flops,
+        }
+        save_checkpoint(ckpt_path, ctx, method, progress_state)
+        if on_epoch is not None:
+            on_epoch(record, out)
+
+    final_event = method.on_train_end(ctx)
+    test_accuracy, test_loss = evaluate(ctx.model, data.test)
+    save_model(ctx.model, out / "model.pt")
+    samples = data.train.num_samples * tc.epochs
+    summary = {
+        "status": "completed",
+        "accuracy": test_accuracy, "test_loss": test_loss,
+        "val_accuracy": history[-1]["accuracy"] if history else None,
+        "macs": ctx.macs, "params": ctx.params,
+        "dense_macs": dense["macs"], "dense_params": dense["params"],
+        "macs_ratio": ctx.macs / dense["macs"], "params_ratio": ctx.params / dense["params"],
+        "train_flops": train_flops + ctx.extra_flops,
+        "dense_train_flops": dense["step_flops"] * samples,
+        "wall_time_s": time.perf_counter() - wall0,
+        "latency_ms": measure_latency_ms(ctx.model, ctx.example_input),
+        "widths": ctx.widths(),
+        "final": final_event,
+        "epochs": history,
+        "config": config.to_dict(),
+        "model_file": "model.pt",
+    }
+    summary["train_flops_ratio"] = summary["train_flops"] / summary["dense_train_flops"]
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=_json_default))
+    return summary
+
+
+def _train_epoch(
+    ctx: TrainContext, method: Any, config: TrainConfig, progress: bool
+) -> tuple[float, int]:
+    """One pass over the training data; returns (summed loss, samples seen)."""
+    model, optimizer = ctx.model, ctx.optimizer
+    assert optimizer is not None
+    model.train()
+    seen = 0
+    batches = tqdm(
+        ctx.train_data, desc=f"epoch {ctx.epoch}/{ctx.epochs}", leave=False,
+        disable=not progress, unit="batch",
+    )
+    loss_sum = torch.zeros((), device=ctx.device)
+    for i, (x, y) in enumerate(batches):
+        logits = model(x)
+        loss = F.cross_entropy(logits, y, label_smoothing=config.training.label_smoothing)
+        ctx.loss = loss
+        extra = method.loss_term(ctx)
+        total = loss if extra is None else loss + extra
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        method.after_backward(ctx)
+        optimizer.step()
+        method.after_step(ctx)
+        ctx.step += 1
+        loss_sum += total.detach() * x.shape[0]
+        seen += x.shape[0]
+        if i % 25 == 0:  # a host sync now and then: catch divergence early, show progress
+            _check_finite(loss_sum, ctx)
+            batches.set_postfix(loss=f"{loss.item():.3f}", macs=f"{ctx.macs / 1e6:.2f}M")
+    _check_finite(loss_sum, ctx)
+    return loss_sum.item(), seen
+
+
+def _epoch_wall(record: dict[str, Any]) -> float:
+    return record["time_s"] + record["method_time_s"] + record["eval_time_s"]
+
+
+def _check_finite(loss_sum: torch.Tensor, ctx: TrainContext) -> None:
+    if not math.isfinite(loss_sum.item()):
+        raise TrainingDiverged(f"loss became {loss_sum.item()} at epoch {ctx.epoch}, step {ctx.step}")
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, source: Any) -> tuple[float, float]:
+    """Accuracy (0..1) and mean cross-entropy over a whole split."""
+    model.eval()
+    correct, total, loss = 0, 0, 0.0
+    for x, y in source:
+        logits = model(x)
+        loss += F.cross_entropy(logits, y, reduction="sum").item()
+        correct += (logits.argmax(1) == y).sum().item()
+        total += y.numel()
+    model.train()
+    return (correct / total, loss / total) if total else (float("nan"), float("nan"))
+
+
+def _json_default(obj: Any) -> Any:
+    if torch.is_tensor(obj):
+        return obj.tolist()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return str(obj)
+
+
+__all__ = ["TrainingDiverged", "build_model", "evaluate", "train"]

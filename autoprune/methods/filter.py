@@ -1,0 +1,155 @@
+"""Filter pruning while training (Roy et al., 2020, arXiv 2003.02800) and its baselines.
+
+``filter``: train from scratch; from ``start_epoch`` on, every ``frequency`` epochs remove
+the least important filters so that the pruned fraction follows ``ramp`` up to
+``target_ratio``, reached at ``end_epoch``; train the smaller network to the end.
+
+``prune_retrain``: the classical baseline: train dense, prune once to ``target_ratio``
+with the same criterion, fine-tune for ``retrain_epochs``. The fine-tuning is *within* the
+run's epoch budget (pruning happens after ``epochs - retrain_epochs`` epochs), so both
+methods train for the same number of epochs.
+
+``dense``: no pruning.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+
+from autoprune.config import ConfigError, check_range
+from autoprune.methods.base import MethodParams, PruningMethod, register_method
+from autoprune.methods.criteria import (
+    ActivationMeter,
+    global_plan,
+    l1_importance,
+    random_importance,
+    uniform_plan,
+)
+from autoprune.schedule import PruningSchedule
+
+if TYPE_CHECKING:
+    from autoprune.engine.context import TrainContext
+
+Criterion = Literal["l1", "mean_activation", "random"]
+Allocation = Literal["uniform", "global"]
+
+
+@register_method
+class Dense(PruningMethod):
+    """The same architecture and recipe, nothing removed: the reference of every ratio."""
+
+    name = "dense"
+
+
+@dataclass(frozen=True)
+class FilterParams(MethodParams):
+    criterion: Criterion = "l1"
+    target_ratio: float = 0.5
+    start_epoch: int = 1
+    end_epoch: int = 0
+    """0 means: half of the epochs."""
+    frequency: int = 1
+    ramp: Literal["linear", "cubic"] = "linear"
+    allocation: Allocation = "uniform"
+    layer_floor: float = 0.05
+    """With ``global`` allocation: fraction of each layer's dense width always kept."""
+    activation_batches: int = 10
+    """With ``mean_activation``: training batches measured before each pruning step."""
+
+    def validate(self, epochs: int) -> None:
+        check_range("method_params.target_ratio", self.target_ratio, 0.0, 0.99)
+        check_range("method_params.start_epoch", self.start_epoch, 1, epochs)
+        check_range("method_params.end_epoch", self.resolved_end(epochs), self.start_epoch, epochs)
+        check_range("method_params.frequency", self.frequency, 1, epochs)
+        check_range("method_params.layer_floor", self.layer_floor, 0.0, 1.0)
+        check_range("method_params.activation_batches", self.activation_batches, 1, 1 << 20)
+
+    def resolved_end(self, epochs: int) -> int:
+        return self.end_epoch or max(self.start_epoch, epochs // 2)
+
+
+class ScheduledFilterPruning(PruningMethod):
+    """Shared machinery: a criterion, an allocation, and a PruningSchedule."""
+
+    params: FilterParams
+
+    def __init__(self, params: MethodParams) -> None:
+        super().__init__(params)
+        self.meter = ActivationMeter(self.params.activation_batches)
+        self.schedule: PruningSchedule | None = None
+
+    def make_schedule(self, epochs: int) -> PruningSchedule:
+        p = self.params
+        return PruningSchedule(p.start_epoch, p.resolved_end(epochs), p.target_ratio,
+                               p.frequency, p.ramp)
+
+    def setup(self, ctx: TrainContext) -> None:
+        self.schedule = self.make_schedule(ctx.epochs)
+
+    def on_epoch_start(self, ctx: TrainContext, epoch: int) -> None:
+        assert self.schedule is not None
+        if self.params.criterion == "mean_activation" and self.schedule.is_step(epoch):
+            self.meter.attach(ctx.model, ctx.groups())
+
+    def on_epoch_end(self, ctx: TrainContext, epoch: int) -> dict[str, Any]:
+        assert self.schedule is not None
+        if not self.schedule.is_step(epoch):
+            return {"pruned_fraction": self.schedule.fraction(epoch)}
+        fraction = self.schedule.fraction(epoch)
+        scores = {key: self.importance(ctx, key) for key in ctx.groups()}
+        self.meter.detach()
+        widths = ctx.widths()
+        if self.params.allocation == "uniform":
+            plan = uniform_plan(scores, widths, ctx.dense_widths, fraction)
+        else:
+            plan = global_plan(scores, widths, ctx.dense_widths, fraction, self.params.layer_floor)
+        removed = ctx.remove_channels(plan)
+        return {"pruned_fraction": fraction, "removed_channels": removed, "widths": ctx.widths()}
+
+    def importance(self, ctx: TrainContext, key: str) -> torch.Tensor:
+        group = ctx.groups()[key]
+        if self.params.criterion == "l1":
+            return l1_importance(ctx.model, group)
+        if self.params.criterion == "random":
+            return random_importance(group)
+        return self.meter.importance(key, group.width)
+
+
+@register_method
+class FilterPruning(ScheduledFilterPruning):
+    name = "filter"
+    Params = FilterParams
+
+
+@dataclass(frozen=True)
+class PruneRetrainParams(MethodParams):
+    criterion: Criterion = "l1"
+    target_ratio: float = 0.5
+    retrain_epochs: int = 1
+    allocation: Allocation = "uniform"
+    layer_floor: float = 0.05
+    activation_batches: int = 10
+
+    def validate(self, epochs: int) -> None:
+        check_range("method_params.target_ratio", self.target_ratio, 0.0, 0.99)
+        if not 0 <= self.retrain_epochs < epochs:
+            raise ConfigError(
+                f"method_params.retrain_epochs must be in [0, {epochs - 1}] "
+                f"(the dense phase needs at least one of the {epochs} epochs), "
+                f"got {self.retrain_epochs}"
+            )
+
+
+@register_method
+class PruneRetrain(ScheduledFilterPruning):
+    """Train dense, prune once after ``epochs - retrain_epochs`` epochs, fine-tune."""
+
+    name = "prune_retrain"
+    Params = PruneRetrainParams
+
+    def make_schedule(self, epochs: int) -> PruningSchedule:
+        prune_at = epochs - self.params.retrain_epochs  # type: ignore[attr-defined]
+        return PruningSchedule(prune_at, prune_at, self.params.target_ratio)

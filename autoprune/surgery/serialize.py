@@ -1,0 +1,131 @@
+"""Save and reload pruned (or grown) networks without pickled code.
+
+A pruned network differs from its registered architecture only in the sizes of its
+layers and in residual branches replaced by identities. A model file therefore holds
+plain data: the registry name and build arguments, the shape attributes of every
+resized layer, the names of removed branches, and the state dict. Loading rebuilds the
+architecture from the registry, applies the recorded shapes and reloads the weights with
+``torch.load(weights_only=True)``, which refuses arbitrary objects.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from autoprune.errors import UserError
+
+FORMAT = "autoprune-model/1"
+
+# Attributes that define a layer's shape, per layer type.
+_SHAPE_ATTRS: dict[type, tuple[str, ...]] = {
+    nn.Conv2d: ("in_channels", "out_channels", "groups"),
+    nn.Linear: ("in_features", "out_features"),
+    nn.BatchNorm2d: ("num_features",),
+    nn.BatchNorm1d: ("num_features",),
+    nn.LayerNorm: ("normalized_shape",),
+    nn.GroupNorm: ("num_groups", "num_channels"),
+    nn.PReLU: ("num_parameters",),
+}
+
+
+def build_info(model: nn.Module) -> dict[str, Any]:
+    """The registry arguments a model was built with (set by the engine)."""
+    info = getattr(model, "autoprune_build", None)
+    if info is None:
+        raise ValueError("model was not built through autoprune.models.create_model")
+    return dict(info)
+
+
+def architecture_spec(model: nn.Module) -> dict[str, Any]:
+    """Plain-data description of the current architecture (JSON-serialisable)."""
+    layers: dict[str, dict[str, Any]] = {}
+    identities = []
+    for name, module in model.named_modules():
+        if getattr(module, "autoprune_removed", False):
+            identities.append(name)
+        for kind, attrs in _SHAPE_ATTRS.items():
+            if type(module) is kind:
+                layers[name] = {a: _plain(getattr(module, a)) for a in attrs}
+    return {"build": build_info(model), "layers": layers, "identities": identities}
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def apply_spec(model: nn.Module, spec: dict[str, Any], state: dict[str, torch.Tensor]) -> None:
+    """Reshape a freshly built model to ``spec`` so that ``state`` loads strictly."""
+    for name in spec.get("identities", []):
+        model.set_submodule(name, removed_identity())
+    named = dict(model.named_modules())
+    for name, attrs in spec["layers"].items():
+        module = named.get(name)
+        if module is None:
+            raise UserError(f"model file names a layer {name!r} the architecture does not have")
+        for attr, value in attrs.items():
+            setattr(module, attr, tuple(value) if isinstance(value, list) else value)
+    for name, module in model.named_modules():
+        prefix = f"{name}." if name else ""
+        for pname, tensor in list(module.named_parameters(recurse=False)):
+            saved = state.get(prefix + pname)
+            if saved is not None and saved.shape != tensor.shape:
+                setattr(module, pname, nn.Parameter(torch.empty_like(saved)))
+        for bname, buf in list(module.named_buffers(recurse=False)):
+            saved = state.get(prefix + bname)
+            if saved is not None and buf is not None and saved.shape != buf.shape:
+                setattr(module, bname, torch.empty_like(saved))
+
+
+def removed_identity() -> nn.Identity:
+    """The identity that stands in for a removed residual branch (recorded in the spec)."""
+    ident = nn.Identity()
+    ident.autoprune_removed = True  # type: ignore[attr-defined]
+    return ident
+
+
+def save_model(model: nn.Module, path: str | os.PathLike[str]) -> None:
+    """Write ``model`` (any pruned or grown shape) to ``path``, atomically."""
+    payload = {
+        "format": FORMAT,
+        "spec": architecture_spec(model),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+    atomic_save(payload, Path(path))
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """``torch.save`` to a temporary file, then rename: a crash never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def load_model(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> nn.Module:
+    """Reload a model saved by autoprune, in its pruned shape, in eval mode.
+
+    The architecture is rebuilt from the model registry; nothing is unpickled but
+    tensors and plain containers.
+    """
+    from autoprune.models import create_model
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"model file not found: {path}")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # corrupt file or one holding code objects
+        raise UserError(f"{path} is not an autoprune model file ({exc.__class__.__name__})") from exc
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise UserError(f"{path} is not an autoprune model file")
+    spec, state = payload["spec"], payload["state_dict"]
+    model = create_model(**spec["build"])
+    model.autoprune_build = dict(spec["build"])  # type: ignore[assignment]
+    apply_spec(model, spec, state)
+    model.load_state_dict(state, strict=True)
+    return model.to(map_location).eval()
