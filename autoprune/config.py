@@ -60,7 +60,7 @@ class TrainingConfig:
     def validate(self) -> None:
         check_range("training.epochs", self.epochs, 1, 100_000)
         check_range("training.batch_size", self.batch_size, 1, 1 << 20)
-        check_range("training.lr", self.lr, 0.0, 10.0, low_open=True)
+        check_range("training.lr", self.lr, 0.0, 1000.0, low_open=True)
         check_range("training.momentum", self.momentum, 0.0, 1.0)
         check_range("training.weight_decay", self.weight_decay, 0.0, 1.0)
         check_range("training.label_smoothing", self.label_smoothing, 0.0, 0.5)

@@ -1,0 +1,115 @@
+"""Command line: listings, a real `autoprune train`, and one-line errors with exit code 2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from autoprune.cli import main
+
+GOOD = {
+    "model": "small_cnn",
+    "dataset": {"name": "digits", "train_subset": 200},
+    "training": {"epochs": 2, "batch_size": 50, "lr": 0.05, "seed": 1},
+    "method": "filter",
+    "method_params": {"target_ratio": 0.5, "start_epoch": 1, "end_epoch": 1},
+}
+
+
+def write(tmp_path: Path, data: object, name: str = "c.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data))
+    return path
+
+
+def with_(path: str, value: object) -> dict:
+    """GOOD with one dotted key set (or removed when value is ...)."""
+    data = json.loads(json.dumps(GOOD))
+    *parents, last = path.split(".")
+    node = data
+    for p in parents:
+        node = node[p]
+    if value is ...:
+        del node[last]
+    else:
+        node[last] = value
+    return data
+
+
+def test_listing_commands(capsys) -> None:
+    assert main(["models", "cifar_resnet*"]) == 0
+    assert capsys.readouterr().out.split() == [
+        "cifar_resnet110", "cifar_resnet20", "cifar_resnet32", "cifar_resnet56"]
+    assert main(["models"]) == 0
+    names = capsys.readouterr().out.split()
+    assert {"resnet18", "mobilenet_v2", "densenet121", "small_cnn"} <= set(names)
+    assert main(["methods"]) == 0
+    assert "filter: criterion='l1'" in capsys.readouterr().out
+    assert main(["datasets"]) == 0
+    assert "digits" in capsys.readouterr().out.split()
+
+
+def test_train_command_end_to_end(tmp_path) -> None:
+    config = write(tmp_path, GOOD)
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "autoprune", "train", str(config), "--out", str(out), "--quiet"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["macs"] < summary["dense_macs"]
+    assert (out / "model.pt").is_file() and (out / "checkpoint.pt").is_file()
+
+
+BAD_CONFIGS = [
+    (with_("model", "resnet9000"), "unknown model 'resnet9000'"),
+    (with_("dataset", "imagenet21k"), "unknown dataset.name"),
+    (with_("method", "magic"), "unknown method 'magic'"),
+    (with_("training.lr", -1), "training.lr"),
+    (with_("training.epochs", "ten"), "training.epochs must be an integer"),
+    (with_("training.optimiser", "sgd"), "unknown key 'training.optimiser'"),
+    (with_("method_params.target_ratio", 1.2), "method_params.target_ratio"),
+    (with_("method_params.end_epoch", 7), "method_params.end_epoch"),
+    (with_("method_params.criterion", "l7"), "method_params.criterion"),
+    (with_("dataset.train_subset", 0), "dataset.train_subset"),
+    ({**GOOD, "extra": 1}, "unknown key 'extra'"),
+    (with_("model", ...), "missing required key 'model'"),
+    ("model: [unclosed", "not valid YAML"),
+    ("- just\n- a list\n", "must be a mapping"),
+]
+
+
+@pytest.mark.parametrize(("data", "message"), BAD_CONFIGS)
+def test_bad_train_configs_end_in_one_line_and_exit_2(tmp_path, capsys, data, message) -> None:
+    code = main(["train", str(write(tmp_path, data)), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert message in err
+    assert not (tmp_path / "o" / "checkpoint.pt").exists()  # nothing trained
+
+
+def test_missing_config_file_and_bad_flags(tmp_path, capsys) -> None:
+    assert main(["train", str(tmp_path / "nope.yaml")]) == 2
+    assert "config file not found" in capsys.readouterr().err
+    assert main(["train"]) == 2
+    assert main(["frobnicate"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+
+
+def test_missing_data_offline_is_one_line(tmp_path) -> None:
+    config = write(tmp_path, with_("dataset", {"name": "cifar10", "data_dir": str(tmp_path)}))
+    proc = subprocess.run(
+        [sys.executable, "-m", "autoprune", "train", str(config), "--out", str(tmp_path / "o")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, proc.stderr
+    assert "cifar10" in proc.stderr
