@@ -67,7 +67,9 @@ class TrainingConfig:
         if self.threads is not None:
             check_range("training.threads", self.threads, 1, 1024)
         if not (self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:")):
-            raise ConfigError(f"training.device must be auto, cpu, cuda or cuda:N, not {self.device!r}")
+            raise ConfigError(
+                f"training.device must be auto, cpu, cuda or cuda:N, not {self.device!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -92,7 +94,7 @@ def parse_train_config(data: Any) -> TrainConfig:
     from autoprune.models import list_models
 
     if not isinstance(data, Mapping):
-        raise ConfigError("a train config must be a mapping with keys model, dataset, training, ...")
+        raise ConfigError("a train config must be a mapping (keys model, dataset, training, ...)")
     data = dict(data)
     if isinstance(data.get("dataset"), str):
         data["dataset"] = {"name": data["dataset"]}

@@ -37,9 +37,12 @@ def test_cubic_prunes_faster_early() -> None:
 
 @pytest.mark.parametrize(
     "kwargs",
-    [dict(start_epoch=0, end_epoch=3, target_ratio=0.5), dict(start_epoch=4, end_epoch=3, target_ratio=0.5),
-     dict(start_epoch=1, end_epoch=3, target_ratio=1.0), dict(start_epoch=1, end_epoch=3, target_ratio=0.5,
-     ramp="exp")],
+    [
+        dict(start_epoch=0, end_epoch=3, target_ratio=0.5),
+        dict(start_epoch=4, end_epoch=3, target_ratio=0.5),
+        dict(start_epoch=1, end_epoch=3, target_ratio=1.0),
+        dict(start_epoch=1, end_epoch=3, target_ratio=0.5, ramp="exp"),
+    ],
 )
 def test_invalid_schedules(kwargs: dict) -> None:
     with pytest.raises(ValueError):

@@ -37,7 +37,9 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite: the run stops as failed, never as completed."""
 
 
-def build_model(config: TrainConfig, num_classes: int, in_channels: int, input_size: int) -> nn.Module:
+def build_model(
+    config: TrainConfig, num_classes: int, in_channels: int, input_size: int
+) -> nn.Module:
     """The registry model, tagged with its build arguments so it can be saved as data."""
     build = {
         "name": config.model, "num_classes": num_classes,
@@ -135,7 +137,8 @@ def train(
     final_event = method.on_train_end(ctx)
     test_accuracy, test_loss = evaluate(ctx.model, data.test)
     save_model(ctx.model, out / "model.pt")
-    samples = data.train.num_samples * tc.epochs
+    total_flops = train_flops + ctx.extra_flops
+    dense_flops = dense["step_flops"] * data.train.num_samples * tc.epochs
     summary = {
         "status": "completed",
         "accuracy": test_accuracy, "test_loss": test_loss,
@@ -143,8 +146,8 @@ def train(
         "macs": ctx.macs, "params": ctx.params,
         "dense_macs": dense["macs"], "dense_params": dense["params"],
         "macs_ratio": ctx.macs / dense["macs"], "params_ratio": ctx.params / dense["params"],
-        "train_flops": train_flops + ctx.extra_flops,
-        "dense_train_flops": dense["step_flops"] * samples,
+        "train_flops": total_flops, "dense_train_flops": dense_flops,
+        "train_flops_ratio": total_flops / dense_flops,
         "wall_time_s": time.perf_counter() - wall0,
         "latency_ms": measure_latency_ms(ctx.model, ctx.example_input),
         "widths": ctx.widths(),
@@ -153,7 +156,6 @@ def train(
         "config": config.to_dict(),
         "model_file": "model.pt",
     }
-    summary["train_flops_ratio"] = summary["train_flops"] / summary["dense_train_flops"]
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=_json_default))
     return summary
 
@@ -198,7 +200,9 @@ def _epoch_wall(record: dict[str, Any]) -> float:
 
 def _check_finite(loss_sum: torch.Tensor, ctx: TrainContext) -> None:
     if not math.isfinite(loss_sum.item()):
-        raise TrainingDiverged(f"loss became {loss_sum.item()} at epoch {ctx.epoch}, step {ctx.step}")
+        raise TrainingDiverged(
+            f"loss became {loss_sum.item()} at epoch {ctx.epoch}, step {ctx.step}"
+        )
 
 
 @torch.no_grad()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import nn
@@ -16,7 +16,7 @@ def l1_importance(model: nn.Module, group: ChannelGroup) -> torch.Tensor:
     (Roy et al.'s criterion; a residual-coupled channel counts every filter feeding it)."""
     total = torch.zeros(group.width)
     for layer in group.modules_of_type(model, (nn.Conv2d, nn.Linear)):
-        w = layer.weight.detach()
+        w = layer.weight.detach()  # type: ignore[operator]
         total += w.abs().reshape(w.shape[0], -1).sum(1).float().cpu()
     return total
 
@@ -51,7 +51,7 @@ class ActivationMeter:
             for layer in layers:
                 self._hooks.append(layer.register_forward_hook(self._hook(key)))
 
-    def _hook(self, key: str):  # noqa: ANN202 - torch hook signature
+    def _hook(self, key: str) -> Callable[[nn.Module, object, torch.Tensor], None]:
         def record(_module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
             if self.counts.get(key, 0) >= self.max_batches * self.layers[key]:
                 return

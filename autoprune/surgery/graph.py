@@ -32,7 +32,9 @@ class ChannelGroup:
     out_modules: list[str]
     """Names of the modules whose output channels belong to the group (convs, norms, linears)."""
 
-    def modules_of_type(self, model: nn.Module, kind: type) -> list[nn.Module]:
+    def modules_of_type(
+        self, model: nn.Module, kind: type | tuple[type, ...]
+    ) -> list[nn.Module]:
         """The group's output-side modules of one type (e.g. the ``nn.BatchNorm2d`` ones)."""
         named = dict(model.named_modules())
         return [named[n] for n in self.out_modules if isinstance(named[n], kind)]

@@ -84,7 +84,7 @@ def apply_spec(model: nn.Module, spec: dict[str, Any], state: dict[str, torch.Te
 def removed_identity() -> nn.Identity:
     """The identity that stands in for a removed residual branch (recorded in the spec)."""
     ident = nn.Identity()
-    ident.autoprune_removed = True  # type: ignore[attr-defined]
+    ident.autoprune_removed = True  # type: ignore[assignment]
     return ident
 
 
@@ -120,7 +120,8 @@ def load_model(path: str | os.PathLike[str], map_location: str | torch.device = 
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # corrupt file or one holding code objects
-        raise UserError(f"{path} is not an autoprune model file ({exc.__class__.__name__})") from exc
+        kind = exc.__class__.__name__
+        raise UserError(f"{path} is not an autoprune model file ({kind})") from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise UserError(f"{path} is not an autoprune model file")
     spec, state = payload["spec"], payload["state_dict"]
