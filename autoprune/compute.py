@@ -53,9 +53,8 @@ def measure_step_cost(
     probe = copy.deepcopy(model).train()
     loss_fn = loss_fn or _cross_entropy
     n = inputs.shape[0]
-    with FlopCounterMode(display=False) as counter:
-        with torch.no_grad():
-            probe(inputs)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        probe(inputs)
     forward = counter.get_total_flops()
     with FlopCounterMode(display=False) as counter:
         loss = loss_fn(probe, inputs, targets)

@@ -16,6 +16,7 @@ from autoprune.surgery import (
     remove_channels,
     removed_identity,
 )
+from autoprune.surgery.grow import grow_channels
 
 
 class TrainContext:
@@ -75,9 +76,21 @@ class TrainContext:
         plan = {k: v for k, v in plan.items() if len(v)}
         if not plan:
             return 0
-        removed = remove_channels(self.model, plan, self.example_input, self.optimizer, self.index())
+        removed = remove_channels(
+            self.model, plan, self.example_input, self.optimizer, self.index()
+        )
         self.structure_changed()
         return removed
+
+    def grow_channels(self, plan: Mapping[str, Sequence[int]], noise: float = 0.0) -> int:
+        """Physically split channels (group key -> source channel indices, one copy each),
+        keeping the network's function; returns the number of channels added."""
+        plan = {k: v for k, v in plan.items() if len(v)}
+        if not plan:
+            return 0
+        grown = grow_channels(self.model, self.index(), plan, self.optimizer, noise=noise)
+        self.structure_changed()
+        return grown
 
     def remove_module(self, name: str) -> None:
         """Replace a residual branch by the identity (its parameters leave the optimiser)."""
