@@ -56,6 +56,8 @@ class TrainingConfig:
     device: str = "auto"
     threads: int | None = None
     label_smoothing: float = 0.0
+    bn_recalibration_batches: int = 10
+    """Training batches used to refresh batch-norm statistics after a structural change."""
 
     def validate(self) -> None:
         check_range("training.epochs", self.epochs, 1, 100_000)
@@ -64,6 +66,7 @@ class TrainingConfig:
         check_range("training.momentum", self.momentum, 0.0, 1.0)
         check_range("training.weight_decay", self.weight_decay, 0.0, 1.0)
         check_range("training.label_smoothing", self.label_smoothing, 0.0, 0.5)
+        check_range("training.bn_recalibration_batches", self.bn_recalibration_batches, 0, 10_000)
         if self.threads is not None:
             check_range("training.threads", self.threads, 1, 1024)
         if not (self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:")):

@@ -51,6 +51,8 @@ class TrainContext:
         self.macs = self.params = 0
         self.cost = StepCost(0.0, 0.0)
         self._index: DependencyIndex | None = None
+        self.changed = False
+        """Set by every structural change; the engine clears it after recalibrating."""
         self.recount()
         self.dense_widths: dict[str, int] = self.widths()
         """Channel-group widths of the full architecture, before any method touched it."""
@@ -102,6 +104,7 @@ class TrainContext:
     def structure_changed(self) -> None:
         """Call after changing the network by other means (e.g. growth, gates removed)."""
         self._index = None
+        self.changed = True
         self.recount()
 
     def recount(self) -> None:
@@ -111,6 +114,33 @@ class TrainContext:
         self.cost = measure_step_cost(self.model, x, y)
 
     # --- accounting ----------------------------------------------------------------
+
+    @torch.no_grad()
+    def recalibrate_batchnorm(self, max_batches: int) -> None:
+        """Re-estimate batch-norm running statistics after a structural change.
+
+        Removing or splitting channels changes what downstream batch norms see, so their
+        running statistics go stale and eval-mode accuracy drops to near chance until
+        training refreshes them. A few forward passes over training batches (charged as
+        extra compute) give evaluation the statistics of the network as it now is.
+        """
+        norms = [m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        if not norms or max_batches <= 0:
+            return
+        momenta = [m.momentum for m in norms]
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over the recalibration batches
+        was_training = self.model.training
+        self.model.train()
+        for i, (x, _) in enumerate(self.train_data):
+            if i >= max_batches:
+                break
+            self.model(x)
+            self.count_extra_forward(x.shape[0])
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+        self.model.train(was_training)
 
     def count_extra_forward(self, num_samples: int) -> None:
         """Charge forward passes a method makes outside training steps (measurement)."""

@@ -103,6 +103,7 @@ def train(
         state = restore(load_checkpoint(ckpt_path), ctx, method)
         start_epoch, history, train_flops = state["epoch"], state["history"], state["train_flops"]
         ctx.extra_flops = state["extra_flops"]
+    ctx.changed = False  # set-up and restore start from fresh statistics
 
     wall0 = time.perf_counter() - sum(_epoch_wall(r) for r in history)
     for epoch in range(start_epoch, tc.epochs):
@@ -115,6 +116,7 @@ def train(
         train_flops += ctx.cost.train * seen
         t1 = time.perf_counter()
         event = method.on_epoch_end(ctx, ctx.epoch)
+        _refresh_after_change(ctx, tc.bn_recalibration_batches)
         t2 = time.perf_counter()
         accuracy, val_loss = evaluate(ctx.model, data.val if data.val.num_samples else data.test)
         record = {
@@ -135,6 +137,7 @@ def train(
             on_epoch(record, out)
 
     final_event = method.on_train_end(ctx)
+    _refresh_after_change(ctx, tc.bn_recalibration_batches)
     test_accuracy, test_loss = evaluate(ctx.model, data.test)
     save_model(ctx.model, out / "model.pt")
     total_flops = train_flops + ctx.extra_flops
@@ -192,6 +195,12 @@ def _train_epoch(
             batches.set_postfix(loss=f"{loss.item():.3f}", macs=f"{ctx.macs / 1e6:.2f}M")
     _check_finite(loss_sum, ctx)
     return loss_sum.item(), seen
+
+
+def _refresh_after_change(ctx: TrainContext, batches: int) -> None:
+    if ctx.changed:
+        ctx.recalibrate_batchnorm(batches)
+        ctx.changed = False
 
 
 def _epoch_wall(record: dict[str, Any]) -> float:
