@@ -1,0 +1,322 @@
+"""Holistic Filter Pruning (HFP): exact parameter and MAC targets by a differentiable budget.
+
+Paper: Enderich, Timm & Burgard, "Holistic Filter Pruning for Efficient Deep Neural
+Networks" (WACV 2021, arXiv 2009.08169). METHODS.md, section 5.
+
+Formulation. Every prunable channel has a scaling factor: the batch-norm weights of its
+channel group (the mean of their magnitudes where a group has several norms, e.g. across a
+residual addition), else an explicit gate (a parameter multiplying the group's layer
+outputs, folded into the weights at the end). The soft channel count of a group is
+
+    s_g = sum_c min(1, tanh(|f_c| / temperature) / tanh(1 / temperature))
+
+(1 is the factors' initial value, so the dense network counts exactly its widths; the count
+saturates for strong channels and is linear near 0, a smooth stand-in for "factor above
+threshold"; the cap at 1 holds the value, not the gradient, so the budget presses on
+factors at their initial value too). Soft MACs and parameters of the whole network come from
+:mod:`autoprune.methods._costmodel`: every conv/linear costs ``c_io * r_in * r_out + c_o *
+r_out`` with ``r = s_g / width_g`` of the group producing its output and of the one feeding
+its input (the network input and the logits are fixed), norms/activations/pools scale with
+their group; all coefficients are the real layer shapes and spatial sizes measured on one
+forward pass. With the dense counts ``P_dense``, ``M_dense`` of the full architecture (the
+engine's counts at setup):
+
+    loss = CE + budget_weight * [relu(P_soft / P_dense - target_params_ratio)
+                                 + relu(M_soft / M_dense - target_macs_ratio)]
+
+Every ``interval`` epochs the channels whose factor is below ``threshold`` are removed (at
+least one per group stays). At ``end_epoch`` (default: the second-to-last epoch, so that the
+cut network trains one more epoch), or at the end of training if that was never reached,
+a final global cut by factor magnitude lands the network on the targets.
+
+Choices the paper (as available to us) left open:
+
+- the soft count above, and ``temperature``;
+- threshold pruning never takes either counted ratio below its target (channels already
+  dead are cut, but the budget is left to the final cut);
+- the final cut ranks raw factor magnitudes globally: the budget loss has already priced
+  each factor by its channel's marginal cost, so raw magnitudes carry the allocation over
+  layers (normalising per layer would undo it). It removes the shortest prefix of that
+  order that puts both real ratios at or below their targets (the cost model is exact for
+  integer widths; the result is re-checked on the counted network), swapping the last
+  channel for a cheaper one among the next weakest when that overshoots less;
+- after the final cut the budget loss and threshold pruning stop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from autoprune.config import check_range
+from autoprune.methods._budget_cut import (
+    Ratios,
+    as_plan,
+    candidates,
+    largest_prefix_above,
+    meets,
+    plan_cut,
+)
+from autoprune.methods._costmodel import CostModel, build_cost_model
+from autoprune.methods._gates import (
+    GateBank,
+    GateHooks,
+    attach_bank,
+    detach_bank,
+    gated_modules,
+    resize_entries,
+)
+from autoprune.methods.base import MethodParams, PruningMethod, register_method
+from autoprune.surgery import ChannelGroup
+
+if TYPE_CHECKING:
+    from autoprune.engine.context import TrainContext
+
+GATE = "factor"
+_NORMS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm)
+
+
+@dataclass(frozen=True)
+class HFPParams(MethodParams):
+    target_params_ratio: float = 0.5
+    target_macs_ratio: float = 0.5
+    budget_weight: float = 5.0
+    interval: int = 1
+    threshold: float = 0.01
+    end_epoch: int = 0
+    """Epoch of the final cut; 0 means ``max(1, epochs - 1)``."""
+    temperature: float = 0.5
+    """Of the soft channel count."""
+
+    def validate(self, epochs: int) -> None:
+        for key in ("target_params_ratio", "target_macs_ratio"):
+            check_range(f"method_params.{key}", getattr(self, key), 0.0, 1.0, low_open=True)
+        check_range("method_params.budget_weight", self.budget_weight, 0.0, 1e6)
+        check_range("method_params.interval", self.interval, 1, epochs)
+        check_range("method_params.threshold", self.threshold, 0.0, 1e3)
+        check_range("method_params.end_epoch", self.end_epoch, 0, epochs)
+        check_range("method_params.temperature", self.temperature, 0.0, 100.0, low_open=True)
+
+    def resolved_end(self, epochs: int) -> int:
+        return self.end_epoch or max(1, epochs - 1)
+
+    @property
+    def targets(self) -> tuple[float, float]:
+        return self.target_macs_ratio, self.target_params_ratio
+
+
+def soft_channel_count(factors: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Differentiable number of live channels: each counts ``tanh(|f| / T) / tanh(1 / T)``,
+    capped at 1 in value but not in gradient (a factor at its initial value 1 counts one
+    channel, and the budget still presses on it)."""
+    t = torch.as_tensor(temperature, dtype=factors.dtype)
+    each = torch.tanh(factors.abs() / t) / torch.tanh(1.0 / t)
+    return (each - (each - 1.0).clamp(min=0.0).detach()).sum()
+
+
+class FactorGates(GateBank):
+    """Explicit scaling factors of channel groups that have no (affine) norm."""
+
+    def gate(self, kind: str, key: str) -> torch.Tensor | None:
+        g = self.get(kind, key)
+        return g if g is None or self.training else g.detach()
+
+
+@register_method
+class HFP(PruningMethod):
+    name = "hfp"
+    Params = HFPParams
+    params: HFPParams
+
+    def __init__(self, params: MethodParams) -> None:
+        super().__init__(params)
+        self.bank: FactorGates | None = None
+        self.hooks = GateHooks()
+        self.cost: CostModel | None = None
+        self.norms: dict[str, list[nn.Module]] = {}
+        self.dense = (1.0, 1.0)
+        self.done = False
+        self.stale = True
+
+    def setup(self, ctx: TrainContext) -> None:
+        self.dense = (float(ctx.macs), float(ctx.params))
+        bare = {k: g for k, g in ctx.groups().items() if not _norms(ctx.model, g)}
+        if bare:
+            bank = FactorGates()
+            for key, group in bare.items():
+                bank.put(GATE, key, torch.ones(group.width))
+            self.bank = attach_bank(ctx.model, bank)
+        self._rewire(ctx)
+
+    def _rewire(self, ctx: TrainContext) -> None:
+        self.hooks.remove()
+        self.cost = build_cost_model(ctx.model, ctx.index(), (ctx.macs, ctx.params))
+        self.norms = {k: _norms(ctx.model, g) for k, g in ctx.groups().items()}
+        if self.bank is not None:
+            targets = [
+                (name, GATE, key) for key, g in ctx.groups().items()
+                if self.bank.get(GATE, key) is not None for name in gated_modules(ctx.model, g)
+            ]
+            self.hooks.attach(ctx.model, self.bank, targets)
+        self.stale = False
+
+    # --- the budget ----------------------------------------------------------------------
+
+    def factors(self, key: str) -> torch.Tensor:
+        """Scaling factor magnitudes of group ``key``'s channels."""
+        norms = self.norms.get(key)
+        if norms:
+            return torch.stack([_weight(m).abs() for m in norms]).mean(0)
+        gate = self.bank.get(GATE, key) if self.bank is not None else None
+        if gate is None:
+            raise KeyError(f"hfp: channel group {key!r} has no scaling factor")
+        return gate.abs()
+
+    def soft_ratios(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(M_soft / M_dense, P_soft / P_dense), differentiable in the factors."""
+        assert self.cost is not None
+        t = self.params.temperature
+        ratios = {
+            k: soft_channel_count(self.factors(k), t) / w for k, w in self.cost.widths.items()
+        }
+        macs, params = self.cost.evaluate(ratios)
+        return macs / self.dense[0], params / self.dense[1]
+
+    def loss_term(self, ctx: TrainContext) -> torch.Tensor | None:
+        p = self.params
+        if self.done or p.budget_weight == 0:
+            return None
+        if self.stale:
+            self._rewire(ctx)
+        macs, params = self.soft_ratios()
+        over = torch.relu(params - p.target_params_ratio) + torch.relu(macs - p.target_macs_ratio)
+        return p.budget_weight * over
+
+    # --- removal -----------------------------------------------------------------------
+
+    def on_epoch_start(self, ctx: TrainContext, epoch: int) -> None:
+        if self.stale:
+            self._rewire(ctx)
+
+    def on_epoch_end(self, ctx: TrainContext, epoch: int) -> dict[str, Any]:
+        p = self.params
+        if self.stale:
+            self._rewire(ctx)
+        event: dict[str, Any] = {}
+        if not self.done and epoch >= p.resolved_end(ctx.epochs):
+            event = self._final_cut(ctx)
+        elif not self.done and epoch % p.interval == 0:
+            event = {"removed_channels": self._threshold_prune(ctx)}
+        return {**event, **self._ratios(ctx)}
+
+    def on_train_end(self, ctx: TrainContext) -> dict[str, Any]:
+        if self.stale:
+            self._rewire(ctx)
+        event = self._final_cut(ctx) if not self.done else {}
+        self.hooks.remove()
+        if self.bank is not None:
+            self._fold_gates(ctx)
+            detach_bank(ctx.model, ctx.optimizer)
+            self.bank = None
+            ctx.structure_changed()
+        return {**event, **self._ratios(ctx, soft=False)}
+
+    def _scores(self) -> dict[str, torch.Tensor]:
+        assert self.cost is not None
+        with torch.no_grad():
+            return {k: self.factors(k).detach().cpu() for k in self.cost.widths}
+
+    def _threshold_prune(self, ctx: TrainContext) -> int:
+        assert self.cost is not None
+        order = [c for c in candidates(self._scores()) if c[0] < self.params.threshold]
+        k = largest_prefix_above(order, Ratios(self.cost, self.dense), self.params.targets)
+        return self._remove(ctx, as_plan(order[:k]))
+
+    def _final_cut(self, ctx: TrainContext) -> dict[str, Any]:
+        """Remove globally weakest channels until the counted ratios meet the targets."""
+        targets, removed = self.params.targets, 0
+        for _ in range(4):  # the cost model is exact: one round suffices unless it is not
+            if meets(self._counted(ctx), targets):
+                break
+            assert self.cost is not None
+            cut = plan_cut(candidates(self._scores()), Ratios(self.cost, self.dense), targets)
+            if not cut:
+                break
+            removed += self._remove(ctx, as_plan(cut))
+        self.done = True
+        return {"final_cut": True, "removed_channels": removed,
+                "targets_met": meets(self._counted(ctx), targets)}
+
+    def _remove(self, ctx: TrainContext, plan: dict[str, list[int]]) -> int:
+        if not plan:
+            return 0
+        self.hooks.remove()
+        if self.bank is not None:
+            keep = {}
+            for key, idxs in plan.items():
+                gate = self.bank.get(GATE, key)
+                if gate is not None:
+                    mask = torch.ones(gate.numel(), dtype=torch.bool)
+                    mask[idxs] = False
+                    keep[(GATE, key)] = mask.nonzero().flatten()
+            resize_entries(ctx.model, ctx.optimizer, self.bank, keep)
+        removed = ctx.remove_channels(plan)
+        self._rewire(ctx)
+        return removed
+
+    def _fold_gates(self, ctx: TrainContext) -> None:
+        """Multiply explicit factors into the weights of the layers they scale."""
+        assert self.bank is not None
+        named = dict(ctx.model.named_modules())
+        with torch.no_grad():
+            for key, group in ctx.groups().items():
+                gate = self.bank.get(GATE, key)
+                if gate is None:
+                    continue
+                for name in gated_modules(ctx.model, group):
+                    weight = _weight(named[name])
+                    weight.mul_(gate.view(-1, *([1] * (weight.dim() - 1))))
+                    bias = getattr(named[name], "bias", None)
+                    if bias is not None:
+                        bias.mul_(gate)
+
+    # --- records and checkpoints ----------------------------------------------------------
+
+    def _counted(self, ctx: TrainContext) -> tuple[float, float]:
+        return ctx.macs / self.dense[0], ctx.params / self.dense[1]
+
+    def _ratios(self, ctx: TrainContext, soft: bool = True) -> dict[str, Any]:
+        macs, params = self._counted(ctx)
+        record: dict[str, Any] = {
+            "macs_ratio": macs, "params_ratio": params, "widths": ctx.widths(),
+        }
+        if soft:
+            with torch.no_grad():
+                soft_macs, soft_params = self.soft_ratios()
+            record |= {"soft_macs_ratio": float(soft_macs), "soft_params_ratio": float(soft_params)}
+        return record
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"done": self.done}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.done = bool(state.get("done", False))
+        self.stale = True
+
+
+def _weight(module: nn.Module) -> torch.Tensor:
+    weight = module.weight
+    assert isinstance(weight, torch.Tensor)
+    return weight
+
+
+def _norms(model: nn.Module, group: ChannelGroup) -> list[nn.Module]:
+    """The group's norms that have a per-channel weight (its scaling factors)."""
+    named = dict(model.named_modules())
+    return [
+        named[n] for n in group.out_modules
+        if isinstance(named[n], _NORMS) and getattr(named[n], "weight", None) is not None
+    ]

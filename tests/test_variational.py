@@ -1,0 +1,154 @@
+"""The ``variational`` PruningMethod: Bernoulli gates on channels and residual branches.
+
+Quick runs on digits (256 training samples, 8 batches per epoch, fixed seed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+import autoprune
+from autoprune.config import ConfigError, parse_train_config
+from autoprune.data import load_dataset
+from autoprune.engine import loop, train
+from autoprune.engine.context import TrainContext
+from autoprune.methods import create_method
+from autoprune.methods._gates import GATES_ATTR
+from autoprune.models import BasicBlock, create_model
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """One intra-op thread: on a small shared machine, OpenMP threads spinning against each
+    other make these tiny networks many times slower. Restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def config(model: str, epochs: int = 3, **params: Any) -> Any:
+    return parse_train_config({
+        "model": model,
+        "dataset": {"name": "digits", "train_subset": 256},
+        "training": {"epochs": epochs, "batch_size": 32, "lr": 0.05, "seed": 0},
+        "method": "variational",
+        "method_params": params,
+    })
+
+
+def basic_blocks(model: nn.Module) -> int:
+    return sum(isinstance(m, BasicBlock) for m in model.modules())
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("strength", -1.0), ("layer_vs_unit", 1.5), ("compute_vs_params", -0.1),
+    ("prune_threshold", 0.5), ("prune_threshold", 0.0), ("start_epoch", 4),
+])
+def test_bad_params_name_their_key(key: str, value: float) -> None:
+    with pytest.raises(ConfigError, match=f"method_params.{key}"):
+        config("small_resnet", **{key: value})
+
+
+def test_expected_cost_prices_units_and_branches_by_the_shares() -> None:
+    torch.manual_seed(0)
+    data = load_dataset("digits", train_subset=64, seed=0, batch_size=32)
+    model = create_model("small_resnet", 10, 1, 8)
+    x, y = next(iter(data.train))
+    ctx = TrainContext(model, (x, y), data.train, 3, torch.device("cpu"))
+    method = create_method("variational", {"strength": 1.0, "layer_vs_unit": 0.0}, 3)
+    method.setup(ctx)
+    bank = getattr(model, GATES_ATTR)
+    cost = method.expected_cost(1.0, 0.0)
+    assert cost.item() == pytest.approx(1.0)  # all gates open: the dense network's cost
+    cost.backward()
+    units = [t for _, t in bank.items("unit")]
+    assert all(t.grad is not None and bool((t.grad > 0).all()) for t in units)
+    assert all(t.grad is None or float(t.grad.abs().sum()) == 0 for _, t in bank.items("layer"))
+    for t in bank.parameters():
+        t.grad = None
+    method.expected_cost(0.0, 1.0).backward()
+    assert all(t.grad is None or float(t.grad.abs().sum()) == 0 for t in units)
+    assert all(float(t.grad) > 0 for _, t in bank.items("layer"))  # type: ignore[arg-type]
+
+
+def test_strength_zero_removes_nothing(tmp_path: Path) -> None:
+    summary = train(config("small_resnet", epochs=2, strength=0.0), tmp_path, progress=False)
+    assert summary["macs"] == summary["dense_macs"]
+    assert summary["params"] == summary["dense_params"]
+
+
+def test_more_strength_never_costs_more(tmp_path: Path) -> None:
+    macs = []
+    for strength in (0.1, 1.0, 10.0):
+        summary = train(config("small_resnet", strength=strength), tmp_path / str(strength),
+                        progress=False)
+        macs.append(summary["macs"])
+    assert macs[0] >= macs[1] >= macs[2]
+    assert macs[2] < macs[0] < summary["dense_macs"]
+
+
+def test_layer_pressure_removes_residual_blocks(tmp_path: Path) -> None:
+    summary = train(config("cifar_resnet20", epochs=2, strength=5.0, layer_vs_unit=0.95),
+                    tmp_path, progress=False)
+    reloaded = autoprune.load_model(tmp_path / "model.pt")
+    assert basic_blocks(reloaded) < 9
+    assert summary["macs"] < summary["dense_macs"]
+    removed = [b for e in summary["epochs"] for b in e.get("removed_blocks", [])]
+    removed += summary["final"]["removed_blocks"]
+    assert len(removed) == 9 - basic_blocks(reloaded)
+    first = summary["epochs"][0]
+    for key in ("unit_gates_open", "unit_gates_fixed", "layer_gates_open", "layer_gates_fixed",
+                "removed_channels", "widths"):
+        assert key in first
+
+
+def test_no_gate_is_left(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    saved: list[nn.Module] = []
+    original = loop.save_model
+    monkeypatch.setattr(loop, "save_model", lambda m, p: (saved.append(m), original(m, p)))
+    summary = train(config("small_resnet", epochs=2, strength=1.0), tmp_path, progress=False)
+    final = saved[0]
+    assert not hasattr(final, GATES_ATTR)
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in final.modules())
+    assert not any("gate" in name for name in final.state_dict())
+    reloaded = autoprune.load_model(tmp_path / "model.pt")
+    assert sum(p.numel() for p in reloaded.parameters()) == summary["params"]
+    x = torch.randn(4, 1, 8, 8)
+    torch.testing.assert_close(reloaded(x), final.eval()(x))
+
+
+def test_resume_after_a_crash(tmp_path: Path) -> None:
+    settings = {"epochs": 2, "strength": 10.0, "layer_vs_unit": 0.95}
+    whole = train(config("cifar_resnet20", **settings), tmp_path / "whole", progress=False)
+
+    class Crash(RuntimeError):
+        pass
+
+    def crash(record: dict[str, Any], out: Path) -> None:
+        assert record["macs"] < whole["dense_macs"]  # the checkpoint holds a pruned network
+        raise Crash
+
+    with pytest.raises(Crash):
+        train(config("cifar_resnet20", **settings), tmp_path / "run", on_epoch=crash,
+              progress=False)
+    resumed = train(config("cifar_resnet20", **settings), tmp_path / "run", progress=False)
+    assert [e["epoch"] for e in resumed["epochs"]] == [1, 2]
+    assert (resumed["macs"], resumed["params"]) == (whole["macs"], whole["params"])
+    assert resumed["accuracy"] == whole["accuracy"]
+    autoprune.load_model(tmp_path / "run" / "model.pt")
+
+
+def test_mobilenet_branch_removal(tmp_path: Path) -> None:
+    """Removing the inverted residual re-keys the channel group its root belonged to."""
+    summary = train(config("small_mobilenet", epochs=2, strength=10.0, layer_vs_unit=1.0),
+                    tmp_path, progress=False)
+    reloaded = autoprune.load_model(tmp_path / "model.pt")
+    assert any(getattr(m, "autoprune_removed", False) for m in reloaded.modules())
+    assert summary["macs"] < summary["dense_macs"]
