@@ -60,7 +60,7 @@ def run_one(method: str, params: dict[str, Any], seed: int, args: argparse.Names
         "model": args.model,
         "dataset": {"name": args.dataset, "train_subset": args.subset},
         "training": {"epochs": args.epochs, "batch_size": args.batch, "lr": args.lr,
-                     "seed": seed, "device": args.device},
+                     "seed": seed, "device": args.device, "threads": args.threads},
         "method": method,
         "method_params": params,
     })
@@ -98,6 +98,7 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=2)
     p.add_argument("--methods", nargs="+", default=list(settings(12)))
     p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--workdir", default="runs/bench/seed_methods")
     args = p.parse_args()
     table = settings(args.epochs)
@@ -108,7 +109,8 @@ def main() -> None:
             print(json.dumps(runs[-1]), flush=True)
     header = [
         f"{args.model} on {args.dataset} ({args.subset} training images), {args.epochs} epochs, "
-        f"batch {args.batch}, lr {args.lr}, {args.seeds} seeds (mean ± std)", "",
+        f"batch {args.batch}, lr {args.lr}, {args.seeds} seeds (mean ± std), "
+        f"device {args.device}, threads {args.threads or 'default'}", "",
         "| method | test accuracy | MACs ratio | params ratio | training-FLOPs ratio | "
         "wall time (s) |", "|---|---|---|---|---|---|",
     ]
