@@ -1,0 +1,164 @@
+"""Pareto fronts as pure functions, and the three views of a front: CSV, PNG, HTML.
+
+Objectives come with a direction each (``"max"`` or ``"min"``); a row is a mapping that
+holds (at least) every objective. Only completed trials should be passed in.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+Row = Mapping[str, Any]
+
+CSV_COLUMNS = ("trial_id", "method", "accuracy", "macs", "params", "train_flops", "latency_ms",
+               "macs_ratio", "run_id")
+
+
+def dominates(a: Sequence[float], b: Sequence[float], modes: Sequence[str]) -> bool:
+    """Whether ``a`` is at least as good as ``b`` everywhere and better somewhere."""
+    better = False
+    for x, y, mode in zip(a, b, modes):
+        gx, gy = (x, y) if mode == "max" else (-x, -y)
+        if gx < gy:
+            return False
+        better = better or gx > gy
+    return better
+
+
+def non_dominated(points: Sequence[Sequence[float]], modes: Sequence[str]) -> list[int]:
+    """Indices of the points no other point dominates (NaN points are never on it)."""
+    valid = [i for i, p in enumerate(points) if all(math.isfinite(v) for v in p)]
+    return [i for i in valid
+            if not any(dominates(points[j], points[i], modes) for j in valid if j != i)]
+
+
+def hypervolume_2d(
+    points: Sequence[Sequence[float]], modes: Sequence[str], reference: Sequence[float]
+) -> float:
+    """Area dominated by ``points`` and bounded by ``reference`` (two objectives).
+
+    Points that do not strictly improve on the reference in both objectives add nothing.
+    """
+    if len(modes) != 2 or len(reference) != 2:
+        raise ValueError("hypervolume_2d needs exactly two objectives")
+    sign = [1.0 if m == "min" else -1.0 for m in modes]  # to minimisation
+    ref = (reference[0] * sign[0], reference[1] * sign[1])
+    pts = [(p[0] * sign[0], p[1] * sign[1]) for p in points if all(math.isfinite(v) for v in p)]
+    pts = sorted({p for p in pts if p[0] < ref[0] and p[1] < ref[1]})
+    area, best_y = 0.0, ref[1]
+    for i, (x, y) in enumerate(pts):
+        if y >= best_y:
+            continue
+        next_x = min((q[0] for q in pts[i + 1:] if q[1] < y), default=ref[0])
+        area += (next_x - x) * (ref[1] - y)
+        best_y = y
+    return area
+
+
+def front(rows: Sequence[Row], objectives: Sequence[str], modes: Sequence[str]) -> list[Row]:
+    """The non-dominated rows, sorted by the last objective (usually a cost)."""
+    points = [[_num(r.get(o)) for o in objectives] for r in rows]
+    chosen = [rows[i] for i in non_dominated(points, modes)]
+    return sorted(chosen, key=lambda r: [_num(r.get(o)) for o in reversed(objectives)])
+
+
+def write_csv(rows: Sequence[Row], path: Path, columns: Sequence[str] = CSV_COLUMNS) -> Path:
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(columns), extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def write_png(
+    rows: Sequence[Row], front_rows: Sequence[Row], x: str, y: str, path: Path, title: str = ""
+) -> Path:
+    """Scatter of all completed trials with the front as a step line (matplotlib, Agg)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    ax.scatter([_num(r.get(x)) for r in rows], [_num(r.get(y)) for r in rows], s=22,
+               color="0.6", label="completed trials")
+    fx = [_num(r.get(x)) for r in front_rows]
+    fy = [_num(r.get(y)) for r in front_rows]
+    ax.plot(fx, fy, "o-", color="tab:red", drawstyle="steps-post", label="Pareto front")
+    for r, px, py in zip(front_rows, fx, fy):
+        ax.annotate(str(r.get("method", "")), (px, py), fontsize=7, xytext=(3, 3),
+                    textcoords="offset points")
+    if x in ("macs", "params", "train_flops") and all(v > 0 for v in fx):
+        ax.set_xscale("log")
+    ax.set_xlabel(x)
+    ax.set_ylabel(y)
+    ax.set_title(title or f"{y} vs {x}")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def write_html(
+    rows: Sequence[Row], front_rows: Sequence[Row], x: str, y: str, path: Path, title: str = ""
+) -> Path:
+    """Interactive plotly scatter, self-contained (plotly.js inlined: works offline)."""
+    import plotly.graph_objects as go
+
+    def hover(r: Row) -> str:
+        keys = ("method", "trial_id", "accuracy", "macs", "params", "train_flops", "run_id")
+        return "<br>".join(f"{k}: {_fmt(r.get(k))}" for k in keys if r.get(k) is not None)
+
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(
+        x=[r.get(x) for r in rows], y=[r.get(y) for r in rows], mode="markers",
+        name="completed trials", marker={"color": "gray"}, text=[hover(r) for r in rows],
+        hoverinfo="text"))
+    fig.add_trace(go.Scatter(
+        x=[r.get(x) for r in front_rows], y=[r.get(y) for r in front_rows],
+        mode="lines+markers", line={"shape": "hv", "color": "crimson"}, name="Pareto front",
+        text=[hover(r) for r in front_rows], hoverinfo="text"))
+    fig.update_layout(title=title or f"{y} vs {x}", xaxis_title=x, yaxis_title=y,
+                      template="plotly_white")
+    if x in ("macs", "params", "train_flops"):
+        fig.update_xaxes(type="log")
+    fig.write_html(str(path), include_plotlyjs=True, full_html=True)
+    return path
+
+
+def write_all(
+    rows: Sequence[Row], objectives: Sequence[str], modes: Sequence[str], folder: Path,
+    title: str = "",
+) -> list[Path]:
+    """``pareto.csv``, ``pareto.png`` and ``pareto.html`` for ``rows`` into ``folder``."""
+    front_rows = front(rows, objectives, modes)
+    y = objectives[0]
+    x = objectives[1] if len(objectives) > 1 else "macs"
+    return [
+        write_csv(front_rows, folder / "pareto.csv"),
+        write_png(rows, front_rows, x, y, folder / "pareto.png", title),
+        write_html(rows, front_rows, x, y, folder / "pareto.html", title),
+    ]
+
+
+def _num(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+__all__ = ["dominates", "front", "hypervolume_2d", "non_dominated", "write_all", "write_csv",
+           "write_html", "write_png"]

@@ -1,0 +1,306 @@
+"""Search spaces: a YAML file validated once into a frozen :class:`SearchSpace`.
+
+A space file has a fixed part (``fixed``: the train config minus the method, plus the
+search settings: objectives, sampler, trial resources) and a searched part
+(``searched``): a value spec for some ``training``/``dataset`` keys and, per PruningMethod,
+a spec for each of its parameters. A spec is a plain value (fixed), ``{low, high, log,
+step}`` (a range; int or float from the parameter's declared type) or ``{choices: [...]}``.
+Every error names the key, e.g. ``searched.methods.filter.target_ratio``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+from autoprune.config import (
+    DatasetConfig,
+    TrainingConfig,
+    check_choice,
+    convert,
+    from_mapping,
+    load_yaml,
+    parse_train_config,
+)
+from autoprune.errors import ConfigError
+
+OBJECTIVES: dict[str, str] = {
+    "accuracy": "max", "macs": "min", "params": "min", "train_flops": "min", "latency_ms": "min",
+}
+"""Every objective a search can optimise, with its direction."""
+
+SAMPLERS: tuple[str, ...] = ("nsga2", "tpe", "random", "gp", "nsga3")
+Kind = Literal["float", "int", "categorical", "fixed"]
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One searched (or fixed) value. ``name`` is the flat key a trial's config uses."""
+
+    name: str
+    key: str
+    kind: Kind
+    low: float = 0.0
+    high: float = 0.0
+    log: bool = False
+    step: float | None = None
+    choices: tuple[Any, ...] = ()
+    value: Any = None
+
+    def corner(self, high: bool) -> Any:
+        """The low (or high) end of the spec: validating both ends catches most errors."""
+        if self.kind == "fixed":
+            return self.value
+        if self.kind == "categorical":
+            return self.choices[-1 if high else 0]
+        bound = self.high if high else self.low
+        return int(bound) if self.kind == "int" else float(bound)
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one trial reserves: CPUs (its torch thread count) and GPUs (fractions allowed)."""
+
+    cpu: float = 1.0
+    gpu: float = 0.0
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """A validated search space: what a search runs, and how."""
+
+    fixed: Mapping[str, Any]
+    shared: tuple[ParamSpec, ...]
+    methods: Mapping[str, tuple[ParamSpec, ...]]
+    objectives: tuple[str, ...] = ("accuracy", "macs")
+    sampler: str = "nsga2"
+    sampler_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    seed: int | None = 0
+    num_samples: int = 16
+    resources: Resources = field(default_factory=Resources)
+    max_concurrent: int | None = None
+    max_failures: int = 1
+    name: str | None = None
+    source: str = ""
+    """The YAML text the space was read from (logged on the search's parent run)."""
+
+    @property
+    def modes(self) -> tuple[str, ...]:
+        return tuple(OBJECTIVES[o] for o in self.objectives)
+
+
+@dataclass(frozen=True)
+class _Searched:
+    methods: Mapping[str, Any]
+    training: Mapping[str, Any] = field(default_factory=dict)
+    dataset: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _SpaceFile:
+    fixed: Mapping[str, Any]
+    searched: _Searched
+    name: str | None = None
+    description: str = ""
+    objectives: tuple[str, ...] = ("accuracy", "macs")
+    sampler: str = "nsga2"
+    sampler_options: Mapping[str, Any] = field(default_factory=dict)
+    seed: int | None = 0
+    num_samples: int = 16
+    resources: Resources = field(default_factory=Resources)
+    max_concurrent: int | None = None
+    max_failures: int = 1
+
+
+@dataclass(frozen=True)
+class _RangeFile:
+    low: int | float | None = None
+    high: int | float | None = None
+    log: bool = False
+    step: int | float | None = None
+    choices: tuple[Any, ...] | None = None
+
+
+def load_space(path: str | Path) -> SearchSpace:
+    """Read and validate a search space YAML file."""
+    text = Path(path).read_text() if Path(path).is_file() else ""
+    return parse_space(load_yaml(path), source=text)
+
+
+def parse_space(data: Any, source: str = "") -> SearchSpace:
+    """Validate a nested mapping (a parsed space file) into a :class:`SearchSpace`."""
+    raw = from_mapping(_SpaceFile, data, "")
+    fixed = _parse_fixed(raw.fixed)
+    if not raw.searched.methods:
+        raise ConfigError("searched.methods must name at least one method")
+    shared = tuple(
+        parse_spec(f"{section}.{key}", value, _field_type(cls, key, f"searched.{section}"))
+        for section, cls, specs in (
+            ("training", TrainingConfig, raw.searched.training),
+            ("dataset", DatasetConfig, raw.searched.dataset),
+        )
+        for key, value in specs.items()
+    )
+    methods = {name: _parse_method(name, specs) for name, specs in raw.searched.methods.items()}
+    space = SearchSpace(
+        fixed=fixed, shared=shared, methods=methods, objectives=raw.objectives,
+        sampler=raw.sampler, sampler_options=dict(raw.sampler_options), seed=raw.seed,
+        num_samples=raw.num_samples, resources=raw.resources,
+        max_concurrent=raw.max_concurrent, max_failures=raw.max_failures, name=raw.name,
+        source=source,
+    )
+    validate_settings(space)
+    check_corners(space)
+    return space
+
+
+def parse_spec(name: str, value: Any, tp: Any, key: str | None = None) -> ParamSpec:
+    """One value spec for a parameter of declared type ``tp`` (flat ``name``)."""
+    key = key or f"searched.{name}"
+    if not isinstance(value, Mapping):
+        return ParamSpec(name, key, "fixed", value=convert(tp, value, key))
+    spec = from_mapping(_RangeFile, value, key)
+    if spec.choices is not None:
+        if spec.low is not None or spec.high is not None:
+            raise ConfigError(f"{key}: give either choices or low/high, not both")
+        if not spec.choices:
+            raise ConfigError(f"{key}.choices must not be empty")
+        choices = tuple(convert(tp, c, f"{key}.choices[{i}]") for i, c in enumerate(spec.choices))
+        for i, c in enumerate(choices):
+            if not isinstance(c, (str, int, float, bool, type(None))):
+                raise ConfigError(f"{key}.choices[{i}] must be a number, string or boolean")
+        return ParamSpec(name, key, "categorical", choices=choices)
+    return _range_spec(name, key, spec, tp)
+
+
+def _range_spec(name: str, key: str, spec: _RangeFile, tp: Any) -> ParamSpec:
+    if spec.low is None or spec.high is None:
+        raise ConfigError(f"{key} needs low and high (or choices, or a plain value)")
+    base = _base_type(tp)
+    if base not in (int, float):
+        raise ConfigError(f"{key} is not numeric: search it with choices: [...]")
+    if spec.low > spec.high:
+        raise ConfigError(f"{key}: low ({spec.low}) must not be greater than high ({spec.high})")
+    if spec.log and (spec.low <= 0 or spec.step is not None):
+        raise ConfigError(f"{key}: log needs low > 0 and no step")
+    if spec.step is not None and spec.step <= 0:
+        raise ConfigError(f"{key}.step must be positive, got {spec.step}")
+    if base is int:
+        for part in ("low", "high", "step"):
+            bound = getattr(spec, part)
+            if bound is not None and not float(bound).is_integer():
+                raise ConfigError(f"{key}.{part} must be an integer, got {bound}")
+    return ParamSpec(name, key, "int" if base is int else "float", low=spec.low, high=spec.high,
+                     log=spec.log, step=spec.step)
+
+
+def _parse_method(name: str, specs: Any) -> tuple[ParamSpec, ...]:
+    from autoprune.methods import list_methods
+
+    key = f"searched.methods.{name}"
+    with _named(key):
+        check_choice("method", name, list_methods())
+    if specs is None:
+        specs = {}
+    if not isinstance(specs, Mapping):
+        raise ConfigError(f"{key} must be a mapping of parameter specs (or {{}})")
+    from autoprune.methods import get_method
+
+    params_cls = get_method(name).Params
+    return tuple(
+        parse_spec(f"{name}.{p}", v, _field_type(params_cls, p, key), key=f"{key}.{p}")
+        for p, v in specs.items()
+    )
+
+
+def _parse_fixed(fixed: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(fixed)
+    for key in ("method", "method_params"):
+        if key in out:
+            raise ConfigError(f"fixed.{key}: methods and their parameters go under "
+                              "searched.methods")
+    if isinstance(out.get("dataset"), str):
+        out["dataset"] = {"name": out["dataset"]}
+    if "model" not in out:
+        raise ConfigError("missing required key 'fixed.model'")
+    return out
+
+
+def validate_settings(space: SearchSpace) -> None:
+    """Check the search settings (objectives, sampler, budget, resources)."""
+    if not space.objectives:
+        raise ConfigError("objectives must name at least one objective")
+    for i, name in enumerate(space.objectives):
+        with _named(f"objectives[{i}]"):
+            check_choice("objective", name, list(OBJECTIVES))
+    if len(set(space.objectives)) != len(space.objectives):
+        raise ConfigError(f"objectives has duplicates: {list(space.objectives)}")
+    check_choice("sampler", space.sampler, list(SAMPLERS))
+    for name in space.sampler_options:
+        with _named(f"sampler_options.{name}"):
+            check_choice("sampler", name, list(SAMPLERS))
+    if space.num_samples < 1:
+        raise ConfigError(f"num_samples must be at least 1, got {space.num_samples}")
+    if space.resources.cpu <= 0 or space.resources.gpu < 0:
+        raise ConfigError("resources.cpu must be > 0 and resources.gpu >= 0")
+    if space.max_concurrent is not None and space.max_concurrent < 1:
+        raise ConfigError(f"max_concurrent must be at least 1, got {space.max_concurrent}")
+    if space.max_failures < 0:
+        raise ConfigError(f"max_failures must be >= 0, got {space.max_failures}")
+    from autoprune.search.samplers import build_sampler
+
+    for name in space.sampler_options:
+        build_sampler(name, space.sampler_options, space.seed, len(space.objectives))
+
+
+def check_corners(space: SearchSpace) -> None:
+    """Every method's low and high corner must be a valid train config (fail before Ray)."""
+    from autoprune.search.sampling import train_config_dict
+
+    with _named("fixed"):
+        parse_train_config({**space.fixed, "method": "dense"})
+    for method, specs in space.methods.items():
+        for high in (False, True):
+            flat = {s.name: s.corner(high) for s in (*space.shared, *specs)}
+            flat["method"] = method
+            try:
+                parse_train_config(train_config_dict(space.fixed, flat))
+            except ConfigError as exc:
+                end = "high" if high else "low"
+                raise ConfigError(
+                    f"searched.methods.{method}: at the {end} end of every range: {exc}"
+                ) from None
+
+
+@contextmanager
+def _named(key: str) -> Iterator[None]:
+    """Prefix a ConfigError raised inside the block with the space file's key."""
+    try:
+        yield
+    except ConfigError as exc:
+        raise ConfigError(f"{key}: {exc}") from None
+
+
+def _field_type(cls: type, name: str, where: str) -> Any:
+    fields = sorted(f.name for f in dataclasses.fields(cls))
+    with _named(f"{where}.{name}"):
+        check_choice("parameter", name, fields)
+    return typing.get_type_hints(cls)[name]
+
+
+def _base_type(tp: Any) -> Any:
+    """``int | None`` -> int; Literal and others unchanged."""
+    if get_origin(tp) in (typing.Union, types.UnionType):
+        options = [a for a in get_args(tp) if a is not type(None)]
+        return options[0] if len(options) == 1 else tp
+    return tp
+
+
+__all__ = ["OBJECTIVES", "SAMPLERS", "ParamSpec", "Resources", "SearchSpace", "load_space",
+           "parse_space", "parse_spec"]

@@ -1,0 +1,157 @@
+"""The MLflow side of a search without Ray: connection, run lookups, completed-trial rows.
+
+Shared by the driver's tracking callback and by ``autoprune pareto`` / ``pick`` (which
+must not need Ray). Tag names and layout are the contract in DESIGN.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from autoprune.errors import UserError
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.entities import Run
+
+ROLE, STATUS, TRIAL_ID, NODE_ID, METHOD = (
+    "autoprune.role", "autoprune.status", "autoprune.trial_id", "autoprune.node_id",
+    "autoprune.method")
+PARENT = "mlflow.parentRunId"
+DEFAULT_DB = Path("runs") / "mlflow.db"
+ROW_METRICS = ("accuracy", "macs", "params", "train_flops", "latency_ms", "macs_ratio",
+               "params_ratio", "dense_macs", "dense_params", "train_flops_ratio", "val_accuracy")
+
+
+def resolve_tracking_uri(uri: str | None) -> str:
+    """``None`` -> ``sqlite:///<cwd>/runs/mlflow.db``; relative SQLite paths made absolute."""
+    if uri is None:
+        return f"sqlite:///{DEFAULT_DB.resolve()}"
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return f"sqlite:///{Path(uri[len('sqlite:///'):]).resolve()}"
+    return uri
+
+
+def open_client(uri: str) -> MlflowClient:
+    """An MLflow client for ``uri`` (a SQLite file's folder is created), quietly."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    from mlflow import MlflowClient
+
+    for name in ("mlflow", "alembic"):  # after the import: mlflow sets its level on import
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+    if uri.startswith("sqlite:///"):
+        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    return MlflowClient(tracking_uri=uri)
+
+
+def artifact_location(uri: str, name: str) -> str | None:
+    """Artifacts of a SQLite store live next to the database (not in the cwd's mlruns/)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+    return str(Path(uri[len("sqlite:///"):]).parent / "mlartifacts" / slug)
+
+
+def get_or_create_experiment(client: MlflowClient, uri: str, name: str) -> str:
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        return client.create_experiment(name, artifact_location=artifact_location(uri, name))
+    if experiment.lifecycle_stage != "active":
+        raise UserError(f"MLflow experiment {name!r} is deleted: restore it or pick another --name")
+    return str(experiment.experiment_id)
+
+
+@dataclass
+class RunLookup:
+    """Finds a search's runs in one experiment (the parent, its trial children)."""
+
+    client: MlflowClient
+    experiment_id: str
+    parent_id: str = ""
+
+    def parent(self) -> Run | None:
+        runs = self._search(f"tags.`{ROLE}` = 'search'", order_by=["attributes.start_time ASC"])
+        return runs[0] if runs else None
+
+    def children(self) -> list[Run]:
+        query = f"tags.`{ROLE}` = 'trial'"
+        if self.parent_id:
+            query += f" and tags.`{PARENT}` = '{self.parent_id}'"
+        return self._search(query)
+
+    def child(self, trial_id: str) -> Run | None:
+        runs = self._search(f"tags.`{ROLE}` = 'trial' and tags.`{TRIAL_ID}` = '{trial_id}'")
+        return runs[0] if runs else None
+
+    def _search(self, query: str, order_by: list[str] | None = None) -> list[Run]:
+        runs: list[Run] = []
+        token = None
+        while True:
+            page = self.client.search_runs([self.experiment_id], query, max_results=1000,
+                                           order_by=order_by, page_token=token)
+            runs.extend(page)
+            token = page.token
+            if not token:
+                return runs
+
+
+def run_row(run: Run) -> dict[str, Any]:
+    """One child run as a flat row: ids, method, status and the final metric values."""
+    tags, metrics = run.data.tags, run.data.metrics
+    row: dict[str, Any] = {
+        "trial_id": tags.get(TRIAL_ID, ""), "method": run.data.params.get("method", ""),
+        "status": tags.get(STATUS, ""), "run_id": run.info.run_id,
+    }
+    row.update({key: metrics[key] for key in ROW_METRICS if key in metrics})
+    return row
+
+
+def completed_rows(lookup: RunLookup) -> list[dict[str, Any]]:
+    """Rows of the completed trials (the only ones that may enter a front)."""
+    rows = [run_row(r) for r in lookup.children() if r.data.tags.get(STATUS) == "completed"]
+    return sorted(rows, key=lambda r: str(r["trial_id"]))
+
+
+@dataclass
+class SearchRecord:
+    """A finished (or running) search as MLflow holds it."""
+
+    lookup: RunLookup
+    parent: Run
+    objectives: tuple[str, ...]
+    modes: tuple[str, ...]
+    rows: list[dict[str, Any]]
+
+
+def load_search(uri: str | None, name: str) -> SearchRecord:
+    """The search ``name`` from the store at ``uri`` (UserError when there is none)."""
+    from autoprune.search.space import OBJECTIVES
+
+    uri = resolve_tracking_uri(uri)
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        raise UserError(f"no MLflow store at {uri} (run a search first, or pass --tracking-uri)")
+    client = open_client(uri)
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None or experiment.lifecycle_stage != "active":
+        names = [e.name for e in client.search_experiments() if e.name != "Default"]
+        raise UserError(f"no search named {name!r} in {uri} (found: {', '.join(names) or 'none'})")
+    lookup = RunLookup(client, str(experiment.experiment_id))
+    parent = lookup.parent()
+    if parent is None:
+        raise UserError(f"experiment {name!r} has no search run (autoprune.role=search)")
+    lookup.parent_id = parent.info.run_id
+    text = parent.data.params.get("objectives", "accuracy,macs")
+    objectives = tuple(o for o in text.split(",") if o in OBJECTIVES) or ("accuracy", "macs")
+    modes = tuple(OBJECTIVES[o] for o in objectives)
+    return SearchRecord(lookup, parent, objectives, modes, completed_rows(lookup))
+
+
+__all__ = ["RunLookup", "SearchRecord", "artifact_location", "completed_rows",
+           "get_or_create_experiment", "load_search", "open_client", "resolve_tracking_uri",
+           "run_row"]

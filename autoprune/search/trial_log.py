@@ -1,0 +1,157 @@
+"""One trial's MLflow child run, logged idempotently (a resumed search logs nothing twice).
+
+The run is found again by its ``autoprune.trial_id`` tag before one is created; epochs
+already logged are skipped; a run that is already ``completed`` or ``failed`` is left alone.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from autoprune.search.store import METHOD, NODE_ID, PARENT, ROLE, STATUS, TRIAL_ID, RunLookup
+from autoprune.search.trainable import EPOCH_KEYS, FINAL_EXTRA_KEYS, OBJECTIVE_KEYS
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+DONE = ("completed", "failed")
+ERROR_TAG, DIVERGED_TAG, RETRIES_TAG = "autoprune.error", "autoprune.diverged", "autoprune.retries"
+
+
+class TrialLog:
+    """Logging state of one child run."""
+
+    def __init__(self, client: MlflowClient, run_id: str, status: str, logged_step: int) -> None:
+        self.client, self.run_id, self.status = client, run_id, status
+        self.logged_step = logged_step
+        self.node_id = ""
+        self.retries = 0
+        self.checkpoint: Any = None
+        self._last_ms = 0
+
+    @classmethod
+    def open(cls, client: MlflowClient, experiment_id: str, parent_id: str, trial_id: str,
+             flat_config: Mapping[str, Any], fixed: Mapping[str, Any]) -> TrialLog:
+        """Find the trial's child run by tag, or create it with the trial's params."""
+        run = RunLookup(client, experiment_id).child(trial_id)
+        if run is not None:
+            history = client.get_metric_history(run.info.run_id, "accuracy")
+            status = run.data.tags.get(STATUS, "running")
+            log = cls(client, run.info.run_id, status, max((m.step for m in history), default=0))
+            if status not in DONE:
+                client.update_run(run.info.run_id, status="RUNNING")
+                client.set_tag(run.info.run_id, STATUS, "running")
+            return log
+        method = str(flat_config.get("method", ""))
+        tags = {ROLE: "trial", PARENT: parent_id, TRIAL_ID: trial_id, STATUS: "running",
+                METHOD: method}
+        run = client.create_run(experiment_id, run_name=f"{method}-{trial_id}", tags=tags)
+        from mlflow.entities import Param
+
+        params = schedule_params(flat_config, fixed)
+        client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in params.items()])
+        return cls(client, run.info.run_id, "running", 0)
+
+    @property
+    def done(self) -> bool:
+        return self.status in DONE
+
+    def started(self) -> None:
+        """Nothing to do: :meth:`open` created or reopened the run."""
+
+    def result(self, result: Mapping[str, Any]) -> None:
+        """A Ray result: tag the node once; log an epoch's metrics (step = epoch)."""
+        if self.done:
+            return
+        node = str(result.get("node_id", ""))
+        if node and node != self.node_id:
+            self.client.set_tag(self.run_id, NODE_ID, node)
+            self.node_id = node
+        epoch = int(result.get("epoch") or 0)
+        if result.get("is_final") or epoch <= self.logged_step:
+            return
+        self._metrics({k: result[k] for k in EPOCH_KEYS if k in result}, epoch)
+        self.logged_step = epoch
+
+    def complete(self, result: Mapping[str, Any], checkpoint: Any) -> None:
+        """The trial ended: completed (final metrics, artifacts), failed, or stopped."""
+        if self.done:
+            return
+        status = result.get("trial_status") if result.get("is_final") else "stopped"
+        if status == "completed":
+            keys = (*OBJECTIVE_KEYS, *FINAL_EXTRA_KEYS)
+            step = int(result.get("epoch") or self.logged_step)
+            self._metrics({k: result[k] for k in keys if k in result}, step)
+            if checkpoint is not None:
+                with checkpoint.as_directory() as folder:
+                    self.client.log_artifacts(self.run_id, folder)
+            self._end("completed", "FINISHED")
+        elif status == "failed":
+            self._failed(str(result.get("failure", "failed")), bool(result.get("diverged")))
+        else:
+            self._end("stopped", "KILLED")
+
+    def retrying(self, error: str) -> None:
+        """Ray will retry the trial from its last checkpoint (``max_failures``)."""
+        self.retries += 1
+        self.client.set_tag(self.run_id, RETRIES_TAG, str(self.retries))
+        self.client.set_tag(self.run_id, "autoprune.last_error", _last_line(error))
+
+    def errored(self, error: str) -> None:
+        if not self.done:
+            self._failed(error, "TrainingDiverged" in error)
+
+    @staticmethod
+    def mark_stopped(client: MlflowClient, run_id: str) -> None:
+        """A run whose trial the search no longer knows (it was lost in an interruption)."""
+        client.set_tag(run_id, STATUS, "stopped")
+        client.set_terminated(run_id, "KILLED")
+
+    def _failed(self, error: str, diverged: bool) -> None:
+        self.client.set_tag(self.run_id, ERROR_TAG, _last_line(error))
+        self.client.set_tag(self.run_id, DIVERGED_TAG, str(diverged).lower())
+        with tempfile.TemporaryDirectory(prefix="autoprune-error-") as folder:
+            (Path(folder) / "error.txt").write_text(error)
+            self.client.log_artifacts(self.run_id, folder)
+        self._end("failed", "FAILED")
+
+    def _end(self, status: str, mlflow_status: str) -> None:
+        self.client.set_tag(self.run_id, STATUS, status)
+        self.client.set_terminated(self.run_id, mlflow_status)
+        self.status = status
+
+    def _metrics(self, values: Mapping[str, Any], step: int) -> None:
+        from mlflow.entities import Metric
+
+        stamp = max(int(time.time() * 1000), self._last_ms + 1)  # final beats the last epoch
+        self._last_ms = stamp
+        metrics = [Metric(k, float(v), stamp, step) for k, v in values.items()
+                   if isinstance(v, (int, float)) and math.isfinite(float(v))]
+        if metrics:
+            self.client.log_batch(self.run_id, metrics=metrics)
+
+
+def schedule_params(flat: Mapping[str, Any], fixed: Mapping[str, Any]) -> dict[str, str]:
+    """MLflow params: the resolved train config, flattened (the raw trial config if invalid)."""
+    from autoprune.config import parse_train_config
+    from autoprune.errors import UserError
+    from autoprune.search.sampling import flatten, train_config_dict
+
+    try:
+        data = parse_train_config(train_config_dict(fixed, flat)).to_dict()
+    except UserError:
+        data = dict(flat)
+    return {k: str(v)[:6000] for k, v in flatten(data).items()}
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return (lines[-1] if lines else text)[:500]
+
+
+__all__ = ["TrialLog", "schedule_params"]

@@ -1,0 +1,273 @@
+"""End to end: real searches through a local Ray into an MLflow SQLite store in tmp_path.
+
+One Ray session serves the whole module (starting Ray takes 10-20 s on a small machine).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import re
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from autoprune.cli import main
+
+pytestmark = pytest.mark.slow
+
+EPOCHS = 3
+SPACE: dict[str, Any] = {
+    "num_samples": 5,
+    "sampler": "nsga2",
+    "sampler_options": {"nsga2": {"population_size": 4}},
+    "seed": 0,
+    "objectives": ["accuracy", "macs"],
+    "resources": {"cpu": 1},
+    "fixed": {"model": "small_cnn", "dataset": "digits",
+              "training": {"epochs": EPOCHS, "batch_size": 64, "lr": 0.05, "seed": 0}},
+    "searched": {"methods": {
+        "dense": {},
+        "filter": {"target_ratio": {"low": 0.3, "high": 0.9}, "end_epoch": 2},
+        "prune_retrain": {"target_ratio": {"low": 0.3, "high": 0.9}},
+    }},
+}
+
+
+@pytest.fixture(scope="module")
+def ray_session() -> Iterator[None]:
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             logging_level=logging.ERROR)
+    yield
+    ray.shutdown()
+
+
+def run_search(folder: Path, space: dict[str, Any], name: str, *flags: str) -> tuple[int, str]:
+    """``autoprune search`` in this process (it uses the module's Ray session)."""
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(space))
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    code = main(["search", str(path), "--name", name, "--tracking-uri", uri,
+                 "--storage-path", str(folder / "ray"), *flags])
+    return code, uri
+
+
+@pytest.fixture(scope="module")
+def search(ray_session: None, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    from autoprune.search.store import RunLookup, open_client
+
+    folder = tmp_path_factory.mktemp("e2e")
+    code, uri = run_search(folder, SPACE, "e2e")
+    client = open_client(uri)
+    experiment = client.get_experiment_by_name("e2e")
+    assert experiment is not None
+    lookup = RunLookup(client, experiment.experiment_id)
+    return {"code": code, "uri": uri, "client": client, "lookup": lookup, "folder": folder,
+            "parent": lookup.parent(), "children": lookup.children()}
+
+
+def test_search_exits_cleanly(search: dict[str, Any]) -> None:
+    assert search["code"] == 0
+
+
+def test_parent_run_holds_space_and_front(search: dict[str, Any]) -> None:
+    client, parent = search["client"], search["parent"]
+    assert parent is not None and parent.data.tags["autoprune.role"] == "search"
+    assert parent.data.params["sampler"] == "nsga2" and parent.data.params["seed"] == "0"
+    assert parent.data.params["num_samples"] == "5"
+    assert parent.data.params["objectives"] == "accuracy,macs"
+    names = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"pareto.csv", "pareto.png", "pareto.html", "search_space.yaml"} <= names
+    assert client.get_run(parent.info.run_id).info.status == "FINISHED"
+
+
+def test_child_runs_have_metrics_tags_and_artifacts(search: dict[str, Any]) -> None:
+    client, parent, children = search["client"], search["parent"], search["children"]
+    assert len(children) == 5
+    trial_ids = [c.data.tags["autoprune.trial_id"] for c in children]
+    assert len(set(trial_ids)) == 5
+    for child in children:
+        tags, run_id = child.data.tags, child.info.run_id
+        assert tags["autoprune.role"] == "trial"
+        assert tags["mlflow.parentRunId"] == parent.info.run_id
+        assert tags["autoprune.status"] == "completed" and child.info.status == "FINISHED"
+        assert re.fullmatch(r"[0-9a-f]{20,}", tags["autoprune.node_id"])
+        assert child.data.params["method"] in SPACE["searched"]["methods"]
+        assert child.data.params["training.epochs"] == str(EPOCHS)
+        for key in ("accuracy", "macs", "params", "train_flops"):
+            history = client.get_metric_history(run_id, key)
+            assert {m.step for m in history} == set(range(1, EPOCHS + 1)), key
+        assert {"model.pt", "summary.json", "train_config.yaml"} <= {
+            a.path for a in client.list_artifacts(run_id)}
+        summary = json.loads(Path(client.download_artifacts(
+            run_id, "summary.json", str(search["folder"]))).read_text())
+        assert child.data.metrics["accuracy"] == pytest.approx(summary["accuracy"])
+        assert child.data.metrics["macs"] == summary["macs"]
+
+
+def test_front_is_the_non_dominated_set_of_completed_trials(search: dict[str, Any]) -> None:
+    """Recompute the front here, with a dominance check written in the test."""
+    client, parent = search["client"], search["parent"]
+    points = {c.data.tags["autoprune.trial_id"]: (c.data.metrics["accuracy"],
+                                                   c.data.metrics["macs"])
+              for c in search["children"] if c.data.tags["autoprune.status"] == "completed"}
+
+    def beaten(p: tuple[float, float], q: tuple[float, float]) -> bool:
+        return q[0] >= p[0] and q[1] <= p[1] and (q[0] > p[0] or q[1] < p[1])
+
+    expected = {t for t, p in points.items()
+                if not any(beaten(p, q) for u, q in points.items() if u != t)}
+    path = client.download_artifacts(parent.info.run_id, "pareto.csv", str(search["folder"]))
+    with open(path) as fh:
+        written = {row["trial_id"] for row in csv.DictReader(fh)}
+    assert written == expected
+
+
+def test_pareto_command_and_pick_on_the_store(search: dict[str, Any], tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    import autoprune
+    from autoprune.config import load_train_config
+    from autoprune.engine import train
+
+    assert main(["pareto", "--experiment", "e2e", "--tracking-uri", search["uri"]]) == 0
+    assert "Pareto front of 'e2e'" in capsys.readouterr().out
+    out = tmp_path / "picked.yaml"
+    assert main(["pick", "--experiment", "e2e", "--tracking-uri", search["uri"],
+                 "--max-macs-ratio", "1.0", "--out", str(out)]) == 0
+    picked = json.loads(capsys.readouterr().out)
+    best = max(search["children"], key=lambda c: c.data.metrics["accuracy"])
+    assert picked["accuracy"] == pytest.approx(best.data.metrics["accuracy"])
+    replay = train(load_train_config(out), tmp_path / "replay", progress=False)
+    assert replay["macs"] == picked["macs"]  # the same schedule, replayed
+    assert abs(replay["accuracy"] - picked["accuracy"]) < 0.05
+    model_path = search["client"].download_artifacts(picked["run_id"], "model.pt", str(tmp_path))
+    assert autoprune.load_model(model_path) is not None
+
+
+def test_failing_trials_do_not_stop_the_search(ray_session: None, tmp_path: Path) -> None:
+    """SGD with lr 10 and weight decay 1.0 turns the loss NaN; lr 0.05 trains."""
+    import optuna
+
+    from autoprune.search.sampling import DefineByRun
+    from autoprune.search.space import parse_space
+    from autoprune.search.store import RunLookup, open_client
+
+    space = {**SPACE, "sampler": "random", "num_samples": 4}
+    space["fixed"] = {**SPACE["fixed"], "training": {
+        **SPACE["fixed"]["training"], "epochs": 2, "weight_decay": 1.0}}
+    space["searched"] = {"training": {"lr": {"choices": [0.05, 10.0]}},
+                         "methods": {"filter": {"target_ratio": {"low": 0.3, "high": 0.9},
+                                                "end_epoch": 2}}}
+    seed = next(s for s in range(50) if _mixed_lrs(parse_space(space), s, optuna, DefineByRun))
+    code, uri = run_search(tmp_path, space, "failing", "--seed", str(seed),
+                           "--max-failures", "0")
+    assert code == 0
+    client = open_client(uri)
+    lookup = RunLookup(client, client.get_experiment_by_name("failing").experiment_id)
+    children = lookup.children()
+    status = {c.data.tags["autoprune.trial_id"]: c.data.tags["autoprune.status"]
+              for c in children}
+    assert len(children) == 4 and set(status.values()) == {"completed", "failed"}
+    for child in children:
+        tags = child.data.tags
+        if tags["autoprune.status"] == "failed":
+            assert child.data.params["training.lr"] == "10.0"
+            assert tags["autoprune.diverged"] == "true" and "nan" in tags["autoprune.error"]
+            assert child.info.status == "FAILED"
+            assert "accuracy" not in child.data.metrics  # NaN in epoch 1: nothing to log
+        else:
+            assert math.isfinite(child.data.metrics["accuracy"])
+    path = client.download_artifacts(lookup.parent().info.run_id, "pareto.csv", str(tmp_path))
+    with open(path) as fh:
+        on_front = {row["trial_id"] for row in csv.DictReader(fh)}
+    assert on_front and all(status[t] == "completed" for t in on_front)
+
+
+def _mixed_lrs(space: Any, seed: int, optuna: Any, define_by_run: Any) -> bool:
+    """Whether the random sampler with ``seed`` draws both learning rates in 4 trials."""
+    study = optuna.create_study(directions=["maximize", "minimize"],
+                                sampler=optuna.samplers.RandomSampler(seed=seed))
+    lrs = [define_by_run(space)(study.ask())["training.lr"] for _ in range(4)]
+    return len(set(lrs)) == 2
+
+
+def test_crashed_trial_resumes_from_its_last_checkpoint(ray_session: None,
+                                                        tmp_path: Path) -> None:
+    """Kill the trial's process after epoch 2: Ray retries it (max_failures) and the
+    engine resumes from the last Ray checkpoint, logging every epoch once."""
+    space = {**SPACE, "sampler": "random", "num_samples": 1, "max_failures": 1}
+    space["fixed"] = {**SPACE["fixed"], "training": {
+        **SPACE["fixed"]["training"], "epochs": 6, "batch_size": 8}}
+    space["searched"] = {"methods": {"filter": {"target_ratio": 0.5, "end_epoch": 3}}}
+    killed: list[int] = []
+    watcher = threading.Thread(target=_kill_trial_after_epochs, args=(tmp_path, 2, killed))
+    watcher.start()
+    code, uri = run_search(tmp_path, space, "crash")
+    watcher.join()
+    assert code == 0 and killed, "the trial was not killed mid-run"
+    from autoprune.search.store import RunLookup, open_client
+
+    client = open_client(uri)
+    (child,) = RunLookup(client, client.get_experiment_by_name("crash").experiment_id).children()
+    assert child.data.tags["autoprune.status"] == "completed"
+    assert child.data.tags["autoprune.retries"] == "1"
+    steps = sorted(m.step for m in client.get_metric_history(child.info.run_id, "accuracy"))
+    assert steps == [1, 2, 3, 4, 5, 6, 6]
+    (trial_dir,) = (tmp_path / "ray" / "crash").glob("trial_*")
+    results = [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines()]
+    assert any(r["iterations_since_restore"] < r["training_iteration"] for r in results)
+
+
+def _kill_trial_after_epochs(folder: Path, epochs: int, killed: list[int]) -> None:
+    """Once the running trial has logged ``epochs`` epochs, SIGKILL its Ray worker."""
+    from autoprune.search.store import RunLookup, open_client
+
+    deadline = time.monotonic() + 180
+    while not _trial_workers() and time.monotonic() < deadline:
+        time.sleep(0.1)  # the store exists once a trial runs: no race on its creation
+    client = open_client(f"sqlite:///{folder / 'mlflow.db'}")
+    while time.monotonic() < deadline:
+        experiment = client.get_experiment_by_name("crash")
+        runs = RunLookup(client, experiment.experiment_id).children() if experiment else []
+        if runs and len(client.get_metric_history(runs[0].info.run_id, "accuracy")) >= epochs:
+            for pid in _trial_workers():
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+            return
+        time.sleep(0.1)
+
+
+def _trial_workers() -> list[int]:
+    """This test process's Ray workers that run a trial (``ray::ImplicitFunc...``)."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            parents.setdefault(ppid, []).append(int(entry.name))
+    mine, todo = [], [os.getpid()]
+    while todo:
+        children = parents.get(todo.pop(), [])
+        mine += children
+        todo += children
+    workers = []
+    for pid in mine:
+        try:
+            if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::ImplicitFunc"):
+                workers.append(pid)
+        except OSError:
+            continue
+    return workers

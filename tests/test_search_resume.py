@@ -1,0 +1,124 @@
+"""An interrupted search resumes without rerunning or duplicating trials; misuse is a user
+error before anything starts."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from autoprune.cli import main
+
+NUM_SAMPLES = 6
+SPACE: dict[str, Any] = {
+    "num_samples": NUM_SAMPLES, "sampler": "random", "seed": 0, "max_concurrent": 1,
+    "fixed": {"model": "small_cnn", "dataset": "digits",
+              "training": {"epochs": 4, "batch_size": 64, "lr": 0.05, "seed": 0}},
+    "searched": {"methods": {
+        "filter": {"target_ratio": {"low": 0.3, "high": 0.9}, "end_epoch": 3},
+        "prune_retrain": {"target_ratio": {"low": 0.3, "high": 0.9}},
+    }},
+}
+
+
+@pytest.fixture()
+def workdir(tmp_path: Path) -> Path:
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(SPACE))
+    return tmp_path
+
+
+def args(folder: Path, *extra: str) -> list[str]:
+    return ["search", str(folder / "space.yaml"), "--name", "r",
+            "--tracking-uri", f"sqlite:///{folder / 'mlflow.db'}",
+            "--storage-path", str(folder / "ray"), *extra]
+
+
+@pytest.fixture()
+def ray_tmp() -> Iterator[str]:
+    """A short private Ray temp dir (socket paths must stay under 108 characters)."""
+    folder = tempfile.mkdtemp(prefix="apr")
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def children(folder: Path) -> list[Any]:
+    from autoprune.search.store import RunLookup, open_client
+
+    client = open_client(f"sqlite:///{folder / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("r")
+    return [] if experiment is None else RunLookup(client, experiment.experiment_id).children()
+
+
+def completed(folder: Path) -> list[Any]:
+    return [c for c in children(folder) if c.data.tags.get("autoprune.status") == "completed"]
+
+
+def test_resume_without_a_search_is_a_user_error(workdir: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(args(workdir, "--resume")) == 2
+    assert "nothing to resume" in capsys.readouterr().err
+
+
+def test_bad_flags_fail_before_training(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(args(workdir, "--sampler", "annealing")) == 2
+    assert "unknown sampler 'annealing'" in capsys.readouterr().err
+    assert main(args(workdir, "--num-samples", "0")) == 2
+    assert "num_samples" in capsys.readouterr().err
+    assert main([*args(workdir)[:3], "a/b"]) == 2
+    assert "--name 'a/b'" in capsys.readouterr().err
+    assert not (workdir / "ray").exists()
+
+
+@pytest.mark.slow
+def test_killed_search_resumes_without_duplicates(workdir: Path, ray_tmp: str) -> None:
+    env = {**os.environ, "RAY_TMPDIR": ray_tmp}
+    cmd = [sys.executable, "-m", "autoprune", *args(workdir)]
+    with open(workdir / "first.log", "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        # Watch the progress lines, not MLflow: a second process opening the SQLite store
+        # while the search creates it would race on the schema migration.
+        while (workdir / "first.log").read_text().count(" completed: ") < 2:
+            assert proc.poll() is None and time.monotonic() < deadline, (
+                workdir / "first.log").read_text()
+            time.sleep(0.2)
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # the driver and the Ray it started
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    before = {c.data.tags["autoprune.trial_id"]: c.info.run_id for c in completed(workdir)}
+    assert 2 <= len(before) < NUM_SAMPLES, (workdir / "first.log").read_text()
+    resumed = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True,
+                             timeout=300)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    runs = children(workdir)
+    ids = [c.data.tags["autoprune.trial_id"] for c in runs]
+    assert len(ids) == len(set(ids)), "a trial has two child runs"
+    done = {c.data.tags["autoprune.trial_id"]: c.info.run_id for c in completed(workdir)}
+    assert len(done) == NUM_SAMPLES
+    assert before.items() <= done.items()  # the same runs, not reruns
+    assert all(c.data.tags["autoprune.status"] in ("completed", "stopped") for c in runs)
+    client = runs[0] and __import__("mlflow").MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    for run_id in done.values():  # epochs 1..4 once each, plus the final value at step 4
+        steps = [m.step for m in client.get_metric_history(run_id, "accuracy")]
+        assert sorted(steps) == [1, 2, 3, 4, 4], steps
+    assert main(args(workdir)) == 2  # the name is taken now: no silent second search
+
+
+def test_unreachable_cluster_is_a_user_error(workdir: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(args(workdir, "--address", "127.0.0.1:1")) == 2
+    assert "cannot reach the Ray cluster at '127.0.0.1:1'" in capsys.readouterr().err
