@@ -17,6 +17,8 @@ $(STAMP): requirements.lock pyproject.toml
 demo: install
 	$(BIN)/python -m autoprune.demo
 
+# Every test, the slow end-to-end ones included (marker `slow`: real Ray, MLflow, data; a
+# two-node Ray cluster with an MLflow server and headless Chromium, tests/test_cluster_e2e.py).
 test: install
 	$(BIN)/python -m pytest -q tests
 

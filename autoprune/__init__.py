@@ -31,4 +31,6 @@ def list_methods() -> list[str]:
     return _list()
 
 
-__all__ = ["__version__", "list_datasets", "list_methods", "list_models", "load_model", "save_model"]
+__all__ = [
+    "__version__", "list_datasets", "list_methods", "list_models", "load_model", "save_model",
+]

@@ -90,9 +90,14 @@ def _search(args: argparse.Namespace) -> int:
           f"{request.space.sampler}, objectives {', '.join(request.space.objectives)}; "
           f"MLflow {request.tracking_uri}", flush=True)
     outcome = run_search(request)
-    print_front(outcome.name, outcome.tracking_uri)
+    experiment_id = print_front(outcome.name, outcome.tracking_uri)
     uri = "" if args.tracking_uri is None else f" --tracking-uri {outcome.tracking_uri}"
-    print(f"\nopen the results: autoprune ui{uri}")
+    if outcome.tracking_uri.startswith(("http://", "https://")):  # a server: its UI's link
+        # workflowType: the training-runs view (MLflow 3 opens its GenAI view by default)
+        print(f"\nopen the results: {outcome.tracking_uri.rstrip('/')}/#/experiments/"
+              f"{experiment_id}?workflowType=machine_learning")
+    else:
+        print(f"\nopen the results: autoprune ui{uri}")
     if outcome.interrupted:
         print(f"interrupted: continue it with: autoprune search {args.space} "
               f"--name {outcome.name} --resume (and the same --tracking-uri/--storage-path)",
@@ -101,7 +106,7 @@ def _search(args: argparse.Namespace) -> int:
     return 0
 
 
-def print_front(name: str, uri: str | None) -> None:
+def print_front(name: str, uri: str | None) -> str:
     from autoprune.search.pareto import front
     from autoprune.search.pick import front_table
     from autoprune.search.store import load_search
@@ -111,6 +116,7 @@ def print_front(name: str, uri: str | None) -> None:
     print(f"\nPareto front of {name!r} ({len(rows)} of {len(record.rows)} completed trials; "
           f"objectives {', '.join(record.objectives)}):")
     print(front_table(rows, record.objectives))
+    return str(record.lookup.experiment_id)
 
 
 def _pareto(args: argparse.Namespace) -> int:

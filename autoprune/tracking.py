@@ -27,8 +27,11 @@ from autoprune.search.store import (
     open_client,
 )
 from autoprune.search.trial_log import TrialLog
+from autoprune.tracking_spool import finish, replay, replay_if_due, resilient
 
 SEARCH_STATUS = "autoprune.search_status"
+# MLflow's experiment type: training runs, not GenAI traces (the UI's experiment-type tag).
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -74,8 +77,10 @@ class TrackingCallback(Callback):
     def setup(self, stop: Any = None, num_samples: int | None = None,
               total_num_samples: int | None = None, **info: Any) -> None:
         self.total = total_num_samples or 0
-        self.client = open_client(self.uri)
+        self.client = resilient(open_client(self.uri), self.name)  # retries, spools
+        replay(self.client)  # what an earlier, interrupted run could not send
         self.experiment_id = get_or_create_experiment(self.client, self.uri, self.name)
+        self.client.set_experiment_tag(self.experiment_id, *EXPERIMENT_KIND)
         self.parent_id = self._parent_run()
 
     def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial,
@@ -105,6 +110,7 @@ class TrackingCallback(Callback):
         self._log(trial).errored(_error_text(trial))
 
     def on_step_end(self, iteration: int, trials: list[Trial], **info: Any) -> None:
+        replay_if_due(self.client)
         if self._front_dirty and time.monotonic() - self._last_refresh > self.refresh_s:
             self.refresh_front()
 
@@ -121,6 +127,7 @@ class TrackingCallback(Callback):
         self.client.set_tag(self.parent_id, SEARCH_STATUS,
                             "interrupted" if interrupted else "completed")
         self.client.set_terminated(self.parent_id, "KILLED" if interrupted else "FINISHED")
+        finish(self.client, self.uri)
 
     # --- helpers --------------------------------------------------------------------------
 
@@ -164,8 +171,13 @@ class TrackingCallback(Callback):
 
 
 def _error_text(trial: Trial) -> str:
-    error = trial.get_error()
-    return str(error) if error is not None else "unknown error (see the Ray trial folder)"
+    error: Any = trial.get_error()
+    if error is None:  # Ray writes the error file locally first, to storage later
+        try:
+            error = Path(trial.error_file).read_text() if trial.error_file else None
+        except (OSError, TypeError, AttributeError):
+            error = None
+    return str(error) if error else "unknown error (see the Ray trial folder)"
 
 
 __all__ = ["TrackingCallback"]

@@ -47,7 +47,26 @@ def open_client(uri: str) -> MlflowClient:
 
     if uri.startswith("sqlite:///"):
         Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    check_server(uri)
     return MlflowClient(tracking_uri=uri)
+
+
+def check_server(uri: str, timeout: float = 5.0) -> None:
+    """Fail fast, in one line, on an ``http(s)://`` tracking server that is not there
+    (MLflow itself would retry for minutes)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    if not uri.startswith(("http://", "https://")):
+        return
+    parts = urlsplit(uri)
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        socket.create_connection((parts.hostname or "127.0.0.1", port), timeout=timeout).close()
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        raise UserError(f"cannot reach the MLflow tracking server at {uri}: {reason} "
+                        "(start it, or check --tracking-uri)") from None
 
 
 def artifact_location(uri: str, name: str) -> str | None:
@@ -152,6 +171,6 @@ def load_search(uri: str | None, name: str) -> SearchRecord:
     return SearchRecord(lookup, parent, objectives, modes, completed_rows(lookup))
 
 
-__all__ = ["RunLookup", "SearchRecord", "artifact_location", "completed_rows",
+__all__ = ["RunLookup", "SearchRecord", "artifact_location", "check_server", "completed_rows",
            "get_or_create_experiment", "load_search", "open_client", "resolve_tracking_uri",
            "run_row"]

@@ -1,0 +1,184 @@
+"""Bad input through the real command line (a subprocess per case): one line on stderr
+naming the problem, exit code 2, no traceback, no Ray started, back in a few seconds.
+
+The cases run concurrently in one module fixture (each CLI start imports torch; run one
+after the other they would take minutes on a small machine); each case is its own test.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+TRAIN: dict[str, Any] = {
+    "model": "small_cnn", "dataset": "digits",
+    "training": {"epochs": 3, "batch_size": 64, "lr": 0.05, "seed": 0},
+    "method": "filter", "method_params": {"target_ratio": 0.5, "end_epoch": 2},
+}
+SPACE: dict[str, Any] = {
+    "num_samples": 2, "sampler": "random", "seed": 0,
+    "fixed": {"model": "small_cnn", "dataset": "digits",
+              "training": {"epochs": 3, "batch_size": 64, "lr": 0.05, "seed": 0}},
+    "searched": {"methods": {"filter": {"target_ratio": {"low": 0.3, "high": 0.9},
+                                        "end_epoch": 2}}},
+}
+
+
+def _train(**changes: Any) -> dict[str, Any]:
+    """TRAIN with dotted keys changed (``None`` deletes the key)."""
+    return _edit(TRAIN, changes)
+
+
+def _space(**changes: Any) -> dict[str, Any]:
+    return _edit(SPACE, changes)
+
+
+def _edit(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    data = yaml.safe_load(yaml.safe_dump(base))
+    for dotted, value in changes.items():
+        *path, last = dotted.split("__")
+        node = data
+        for part in path:
+            node = node.setdefault(part, {})
+        if value is None:
+            node.pop(last, None)
+        else:
+            node[last] = value
+    return data
+
+
+@dataclass(frozen=True)
+class Case:
+    """``argv`` after ``autoprune``; ``{dir}`` is the case's folder; ``file`` is written to
+    ``{dir}/input.yaml`` (a dict as YAML, a str as it is)."""
+
+    id: str
+    argv: tuple[str, ...]
+    words: tuple[str, ...]
+    file: Any = None
+
+
+SEARCH = ("search", "{dir}/input.yaml", "--storage-path", "{dir}/ray",
+          "--tracking-uri", "sqlite:///{dir}/mlflow.db")
+TRAIN_CMD = ("train", "{dir}/input.yaml", "--out", "{dir}/out")
+PICK = ("pick", "--experiment", "s", "--tracking-uri", "sqlite:///{store}")
+
+CASES = [
+    # --- train configs ---------------------------------------------------------------------
+    Case("train-unknown-model", TRAIN_CMD, ("model", "resnet9000"), _train(model="resnet9000")),
+    Case("train-unknown-method", TRAIN_CMD, ("method", "magic"), _train(method="magic")),
+    Case("train-unknown-dataset", TRAIN_CMD, ("dataset", "imagenet22k"),
+         _train(dataset="imagenet22k")),
+    Case("train-unknown-key", TRAIN_CMD, ("optimiser",), _train(optimiser="sgd")),
+    Case("train-wrong-type", TRAIN_CMD, ("training.epochs",), _train(training__epochs="ten")),
+    Case("train-lr-out-of-range", TRAIN_CMD, ("training.lr",), _train(training__lr=-1.0)),
+    Case("train-growth-end-after-epochs", TRAIN_CMD, ("growth_end_epoch",),
+         _train(method="cgap", method_params={"growth_end_epoch": 10})),
+    Case("train-missing-file", ("train", "{dir}/nope.yaml"), ("not found", "nope.yaml")),
+    Case("train-not-yaml", TRAIN_CMD, ("not valid YAML",), "model: [unclosed\n"),
+    # --- search spaces (searched parts checked up front, before Ray) -------------------------
+    Case("space-empty-choices", SEARCH, ("choices", "empty"),
+         _space(searched__methods__filter__target_ratio={"choices": []})),
+    Case("space-low-above-high", SEARCH, ("low", "high"),
+         _space(searched__methods__filter__target_ratio={"low": 0.9, "high": 0.3})),
+    Case("space-range-contradicts-epochs", SEARCH, ("end_epoch",),
+         _space(searched__methods__filter__end_epoch={"low": 1, "high": 9})),
+    Case("space-growth-end-after-epochs", SEARCH, ("growth_end_epoch",),
+         _space(searched__methods={"cgap": {"growth_end_epoch": {"low": 1, "high": 5}}})),
+    Case("space-unknown-objective", SEARCH, ("objective", "energy"),
+         _space(objectives=["accuracy", "energy"])),
+    Case("space-unknown-key", SEARCH, ("smaples",), _space(smaples=3)),
+    Case("space-method-in-fixed", SEARCH, ("fixed.method",), _space(fixed__method="filter")),
+    # --- command lines ---------------------------------------------------------------------
+    Case("cli-unknown-command", ("serach", "x.yaml"), ("invalid choice", "serach")),
+    Case("cli-unknown-flag", (*SEARCH, "--turbo"), ("--turbo",), SPACE),
+    Case("cli-num-samples-not-int", (*SEARCH, "--num-samples", "abc"), ("--num-samples",),
+         SPACE),
+    Case("cli-bad-name", (*SEARCH, "--name", "a/b"), ("--name",), SPACE),
+    Case("cli-resume-nothing", (*SEARCH, "--resume"), ("nothing to resume",), SPACE),
+    Case("cli-tracking-server-down", (*SEARCH[:4], "--tracking-uri", "http://127.0.0.1:{port}"),
+         ("cannot reach the MLflow tracking server",), SPACE),
+    Case("pick-budget-nobody-meets", (*PICK, "--max-macs", "1"), ("no completed trial",)),
+    Case("pick-bad-number", (*PICK, "--max-macs", "lots"), ("--max-macs",)),
+]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished search with one completed trial (100 MACs) in an MLflow SQLite store."""
+    from autoprune.search.store import artifact_location, open_client
+
+    path = tmp_path_factory.mktemp("store") / "mlflow.db"
+    uri = f"sqlite:///{path}"
+    client = open_client(uri)
+    exp = client.create_experiment("s", artifact_location=artifact_location(uri, "s"))
+    parent = client.create_run(exp, tags={"autoprune.role": "search"}).info.run_id
+    client.log_param(parent, "objectives", "accuracy,macs")
+    run = client.create_run(exp, tags={"autoprune.role": "trial", "mlflow.parentRunId": parent,
+                                       "autoprune.trial_id": "t0",
+                                       "autoprune.status": "completed"}).info.run_id
+    for key, value in {"accuracy": 0.9, "macs": 100.0, "params": 10.0}.items():
+        client.log_metric(run, key, value, step=1)
+    client.set_terminated(run, "FINISHED")
+    return path
+
+
+@pytest.fixture(scope="module")
+def results(store: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    from _processes import free_port
+
+    root = tmp_path_factory.mktemp("bad")
+    ray_tmp = root / "raytmp"
+    ray_tmp.mkdir()
+    env = {**os.environ, "RAY_TMPDIR": str(ray_tmp), "PYTHONWARNINGS": "ignore"}
+    port = free_port()
+
+    def run(case: Case) -> tuple[subprocess.CompletedProcess[str], float, Path]:
+        folder = root / case.id
+        folder.mkdir()
+        if case.file is not None:
+            text = case.file if isinstance(case.file, str) else yaml.safe_dump(case.file)
+            (folder / "input.yaml").write_text(text)
+        argv = [a.format(dir=folder, store=store, port=port) for a in case.argv]
+        start = time.monotonic()
+        done = subprocess.run([sys.executable, "-m", "autoprune", *argv], cwd=folder, env=env,
+                              capture_output=True, text=True, timeout=120)
+        return done, time.monotonic() - start, folder
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        out = dict(zip([c.id for c in CASES], pool.map(run, CASES)))
+    out["_ray_tmp"] = ray_tmp
+    return out
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input_is_one_line_and_exit_2(case: Case, results: dict[str, Any]) -> None:
+    done, seconds, folder = results[case.id]
+    err = done.stderr.strip()
+    assert done.returncode == 2, (done.returncode, done.stdout, done.stderr)
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("error: ") and "Traceback" not in done.stdout + done.stderr
+    for word in case.words:
+        assert word.lower() in err.lower(), (word, err)
+    assert "Ray" not in err and "ray.init" not in done.stdout
+    assert not (folder / "ray").exists()  # no search state was written: nothing started
+    assert not (folder / "out").exists()  # no training output either
+    assert seconds < 45, f"took {seconds:.0f} s"  # a few seconds alone; 4 run at once here
+
+
+def test_no_ray_session_was_started(results: dict[str, Any]) -> None:
+    """Ray creates its session folder under RAY_TMPDIR on start: none may exist."""
+    assert list(results["_ray_tmp"].iterdir()) == []
+
+
+def test_enough_cases() -> None:
+    assert len(CASES) >= 20 and len({c.id for c in CASES}) == len(CASES)
