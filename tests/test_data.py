@@ -8,7 +8,6 @@ import pickle
 import socket
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -20,15 +19,6 @@ from autoprune.data.loaders import random_crop_flip
 from autoprune.errors import UserError
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny tensor ops on a busy 2-core machine are far faster single-threaded."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import random
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,16 +25,6 @@ from autoprune.models import create_model
 from autoprune.surgery import DependencyIndex, remove_channels
 
 X = torch.randn(1, 1, 8, 8)
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """One intra-op thread: on a small shared machine, OpenMP threads spinning against each
-    other make these tiny networks many times slower. Restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def config(model: str, epochs: int = 2, **params: Any) -> Any:

@@ -5,7 +5,6 @@ Quick runs on digits (256 training samples, 8 batches per epoch, fixed seed).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,16 +20,6 @@ from autoprune.engine.context import TrainContext
 from autoprune.methods import create_method
 from autoprune.methods._gates import GATES_ATTR
 from autoprune.models import BasicBlock, create_model
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """One intra-op thread: on a small shared machine, OpenMP threads spinning against each
-    other make these tiny networks many times slower. Restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def config(model: str, epochs: int = 3, **params: Any) -> Any:
