@@ -15,7 +15,6 @@ Related coverage elsewhere (not repeated here):
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
 import signal
@@ -23,7 +22,6 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,16 +41,6 @@ SPACE: dict[str, Any] = {
 
 
 # --- helpers ---------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def ray_session() -> Iterator[None]:
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             logging_level=logging.ERROR)
-    yield
-    ray.shutdown()
-
 
 def search(folder: Path, space: dict[str, Any], name: str, uri: str | None = None,
            *flags: str) -> tuple[int, str]:

@@ -7,14 +7,12 @@ from __future__ import annotations
 
 import csv
 import json
-import logging
 import math
 import os
 import re
 import signal
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,16 +39,6 @@ SPACE: dict[str, Any] = {
         "prune_retrain": {"target_ratio": {"low": 0.3, "high": 0.9}},
     }},
 }
-
-
-@pytest.fixture(scope="module")
-def ray_session() -> Iterator[None]:
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             logging_level=logging.ERROR)
-    yield
-    ray.shutdown()
 
 
 def run_search(folder: Path, space: dict[str, Any], name: str, *flags: str) -> tuple[int, str]:
