@@ -43,6 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fresh", action="store_true",
                    help="ignore a checkpoint in --out and start from scratch")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--epochs", type=_positive_int, metavar="N",
+                   help="replay the same schedule on N epochs: every epoch-valued method "
+                        "parameter is rescaled, phases keep their order and proportions")
+    p.add_argument("--train-subset", type=_positive_int, metavar="N",
+                   help="train on N samples of the training split (drawn with the seed)")
 
     p = sub.add_parser("models", help="list the registered models")
     p.add_argument("pattern", nargs="?", help="shell-style filter, e.g. 'cifar_*'")
@@ -57,17 +62,33 @@ def build_parser() -> argparse.ArgumentParser:
 
 @command("train")
 def _train(args: argparse.Namespace) -> int:
-    from autoprune.config import load_train_config
+    from autoprune.config import at_budget, load_yaml, parse_train_config
     from autoprune.engine import train
 
-    config = load_train_config(args.config)
+    config = parse_train_config(at_budget(load_yaml(args.config), args.epochs,
+                                          args.train_subset))
     out = Path(args.out) if args.out else Path("runs/train") / Path(args.config).stem
     summary = train(config, out, progress=not args.quiet, resume=not args.fresh)
     keys = ("accuracy", "macs", "dense_macs", "params", "dense_params", "train_flops",
             "dense_train_flops", "wall_time_s")
     print(json.dumps({k: summary[k] for k in keys}, indent=2))
+    rescaled = summary["schedule"]["rescaled"]
+    if rescaled:
+        moved = ", ".join(f"{k} {v['written']} -> {v['used']}" for k, v in rescaled.items())
+        print(f"schedule rescaled from {summary['schedule']['schedule_epochs']} to "
+              f"{config.training.epochs} epochs: {moved}")
     print(f"wrote {out / 'summary.json'} and {out / 'model.pt'}")
     return 0
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, not {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, not {text!r}")
+    return value
 
 
 @command("models")
@@ -91,11 +112,14 @@ def _methods(args: argparse.Namespace) -> int:
     import dataclasses
 
     from autoprune.methods import get_method, list_methods
+    from autoprune.methods.timing import epoch_fields
 
     for name in list_methods():
         fields = dataclasses.fields(get_method(name).Params)
         params = ", ".join(f"{f.name}={f.default!r}" for f in fields)
-        print(f"{name}: {params}" if params else name)
+        timing = ", ".join(epoch_fields(get_method(name).Params))
+        timing = f"  [epochs: {timing}]" if timing else ""
+        print(f"{name}: {params}{timing}" if params else name)
     return 0
 
 

@@ -58,6 +58,14 @@ class TrainingConfig:
     label_smoothing: float = 0.0
     bn_recalibration_batches: int = 10
     """Training batches used to refresh batch-norm statistics after a structural change."""
+    schedule_epochs: int | None = None
+    """The budget the method's epoch-valued parameters are written for (default:
+    ``epochs``). When it differs from ``epochs``, the schedule is rescaled to ``epochs``
+    with its phases in the same order and proportions (``autoprune train --epochs``)."""
+
+    @property
+    def reference_epochs(self) -> int:
+        return self.schedule_epochs or self.epochs
 
     def validate(self) -> None:
         check_range("training.epochs", self.epochs, 1, 100_000)
@@ -67,6 +75,8 @@ class TrainingConfig:
         check_range("training.weight_decay", self.weight_decay, 0.0, 1.0)
         check_range("training.label_smoothing", self.label_smoothing, 0.0, 0.5)
         check_range("training.bn_recalibration_batches", self.bn_recalibration_batches, 0, 10_000)
+        if self.schedule_epochs is not None:
+            check_range("training.schedule_epochs", self.schedule_epochs, 1, 100_000)
         if self.threads is not None:
             check_range("training.threads", self.threads, 1, 1024)
         if not (self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:")):
@@ -90,6 +100,19 @@ class TrainConfig:
         """Plain nested dict (what ``summary.json`` and MLflow store; loads back identically)."""
         return dataclasses.asdict(self)
 
+    def schedule(self) -> tuple[dict[str, Any], dict[str, tuple[int, int]]]:
+        """The method parameters this run trains with (``method_params`` rescaled from
+        ``training.schedule_epochs`` to ``training.epochs``), and what the rescaling
+        changed (``{field: (written, used)}``; empty when the budgets agree)."""
+        from autoprune.methods import get_method
+        from autoprune.methods.timing import rescale
+
+        tc = self.training
+        cls = get_method(self.method)
+        params = from_mapping(cls.Params, dict(self.method_params), "method_params")
+        scaled, changes = rescale(params, tc.reference_epochs, tc.epochs)
+        return dataclasses.asdict(scaled), changes
+
 
 def parse_train_config(data: Any) -> TrainConfig:
     """Validate a nested mapping (from YAML or a search trial) into a :class:`TrainConfig`."""
@@ -107,8 +130,42 @@ def parse_train_config(data: Any) -> TrainConfig:
     check_choice("model", config.model, list_models())
     config.dataset.validate()
     config.training.validate()
-    params = get_method(config.method).parse_params(config.method_params, config.training.epochs)
-    return dataclasses.replace(config, method_params=dataclasses.asdict(params))
+    method = get_method(config.method)
+    reference = config.training.reference_epochs
+    params = method.parse_params(config.method_params, reference)
+    config = dataclasses.replace(config, method_params=dataclasses.asdict(params))
+    if reference != config.training.epochs:
+        scaled, _ = config.schedule()
+        try:
+            method.parse_params(scaled, config.training.epochs)
+        except ConfigError as exc:
+            raise ConfigError(f"the schedule written for {reference} epochs does not fit in "
+                              f"{config.training.epochs}: {exc}") from None
+    return config
+
+
+def at_budget(data: Any, epochs: int | None = None, train_subset: int | None = None) -> Any:
+    """A raw train config (as read from YAML) replayed at another budget: ``epochs``
+    rescales the schedule (``training.schedule_epochs`` keeps the budget it was written
+    for), ``train_subset`` sets the number of training samples."""
+    if not isinstance(data, Mapping):
+        return data
+    out = dict(data)
+    if epochs is not None:
+        training = out.get("training") or {}
+        if not isinstance(training, Mapping):
+            return data  # the validation names the problem
+        training = dict(training)
+        written = training.get("schedule_epochs") or training.get("epochs")
+        training["schedule_epochs"] = written if written is not None else TrainingConfig.epochs
+        training["epochs"] = epochs
+        out["training"] = training
+    if train_subset is not None:
+        dataset = out.get("dataset", DatasetConfig.name)
+        dataset = {"name": dataset} if isinstance(dataset, str) else dict(dataset or {})
+        dataset["train_subset"] = train_subset
+        out["dataset"] = dataset
+    return out
 
 
 def load_yaml(path: str | Path) -> Any:
@@ -129,8 +186,27 @@ def load_train_config(path: str | Path) -> TrainConfig:
     return parse_train_config(load_yaml(path))
 
 
-def dump_yaml(data: Any, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(data, sort_keys=False))
+def dump_yaml(data: Any, path: str | Path, header: str = "") -> None:
+    """Write ``data`` as YAML, after ``header`` (each line becomes a ``#`` comment)."""
+    comment = "".join(f"# {line}\n" for line in header.splitlines())
+    Path(path).write_text(comment + yaml.safe_dump(data, sort_keys=False))
+
+
+REPLAY_NOTE = (
+    "Epoch-valued method_params are written for training.schedule_epochs epochs. Replay\n"
+    "at another budget with `autoprune train FILE --epochs N` (or edit training.epochs):\n"
+    "the schedule is rescaled, its phases keep their order and proportions."
+)
+
+
+def replayable(data: Mapping[str, Any]) -> dict[str, Any]:
+    """A resolved train config with ``training.schedule_epochs`` made explicit, so that a
+    later change of ``training.epochs`` rescales the schedule instead of truncating it."""
+    out = dict(data)
+    training = dict(out.get("training") or {})
+    training["schedule_epochs"] = training.get("schedule_epochs") or training.get("epochs")
+    out["training"] = training
+    return out
 
 
 # --- generic typed conversion -------------------------------------------------------

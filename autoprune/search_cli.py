@@ -32,6 +32,9 @@ def add_commands(sub: Any, command: Callable[[str], Callable[..., Any]]) -> None
     p.add_argument("--seed", type=int, help="sampler seed (default: from the space)")
     p.add_argument("--max-concurrent", type=int, help="trials at once (default: all that fit)")
     p.add_argument("--max-failures", type=int, help="retries of a crashed trial (default: 1)")
+    p.add_argument("--scheduler", choices=("none", "moasha"),
+                   help="multi-fidelity TrialScheduler: moasha = multi-objective successive "
+                        "halving over rungs of fewer epochs (default: from the space, none)")
     command("search")(_search)
 
     p = sub.add_parser("pareto", help="print a search's Pareto front from MLflow")
@@ -67,6 +70,9 @@ def search_request(args: argparse.Namespace) -> Any:
     overrides = {"num_samples": args.num_samples, "sampler": args.sampler, "seed": args.seed,
                  "max_concurrent": args.max_concurrent, "max_failures": args.max_failures}
     space = dataclasses.replace(space, **{k: v for k, v in overrides.items() if v is not None})
+    if args.scheduler is not None:
+        space = dataclasses.replace(
+            space, scheduler=dataclasses.replace(space.scheduler, name=args.scheduler))
     validate_settings(space)
     storage = Path(args.storage_path or "runs/ray")
     name = args.name or space.name or Path(args.space).stem
@@ -86,8 +92,12 @@ def _search(args: argparse.Namespace) -> int:
     from autoprune.search.tuner import run_search
 
     request = search_request(args)
-    print(f"search {request.name!r}: {request.space.num_samples} trials, sampler "
-          f"{request.space.sampler}, objectives {', '.join(request.space.objectives)}; "
+    space = request.space
+    rungs = (f", TrialScheduler moasha (rungs of {', '.join(map(str, space.rungs))} epochs, "
+             f"reduction factor {space.scheduler.reduction_factor:g})"
+             if space.scheduler.enabled else "")
+    print(f"search {request.name!r}: {space.num_samples} trials, sampler "
+          f"{space.sampler}{rungs}, objectives {', '.join(space.objectives)}; "
           f"MLflow {request.tracking_uri}", flush=True)
     outcome = run_search(request)
     experiment_id = print_front(outcome.name, outcome.tracking_uri)
@@ -109,6 +119,7 @@ def _search(args: argparse.Namespace) -> int:
 def print_front(name: str, uri: str | None) -> str:
     from autoprune.search.pareto import front
     from autoprune.search.pick import front_table
+    from autoprune.search.progress import human
     from autoprune.search.store import load_search
 
     record = load_search(uri, name)
@@ -116,6 +127,12 @@ def print_front(name: str, uri: str | None) -> str:
     print(f"\nPareto front of {name!r} ({len(rows)} of {len(record.rows)} completed trials; "
           f"objectives {', '.join(record.objectives)}):")
     print(front_table(rows, record.objectives))
+    metrics = record.parent.data.metrics
+    if "search_train_flops" in metrics:
+        counts = ", ".join(f"{int(metrics.get(f'trials_{s}', 0))} {s}"
+                           for s in ("completed", "pruned", "failed"))
+        print(f"search compute: {human(metrics['search_train_flops'])} training FLOPs "
+              f"({counts})")
     return str(record.lookup.experiment_id)
 
 
@@ -132,12 +149,13 @@ def _pick(args: argparse.Namespace) -> int:
                               args.min_accuracy)
     record = load_search(args.tracking_uri, args.experiment)
     row = choose(record.rows, budget)
-    config = replay_config(record.lookup.client, row["run_id"])
-    if args.out:
-        from autoprune.config import dump_yaml
+    from autoprune.config import REPLAY_NOTE, dump_yaml, replayable
 
+    config = replayable(replay_config(record.lookup.client, row["run_id"]))
+    if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        dump_yaml(config, args.out)
+        dump_yaml(config, args.out, header=f"autoprune pick: trial {row.get('trial_id')} "
+                                           f"of search {args.experiment!r}\n{REPLAY_NOTE}")
     keys = ("run_id", "trial_id", "method", "accuracy", "macs", "params", "train_flops",
             "macs_ratio", "params_ratio")
     out = {k: row.get(k) for k in keys}

@@ -25,6 +25,7 @@ from autoprune.search.store import (
     completed_rows,
     get_or_create_experiment,
     open_client,
+    search_compute,
 )
 from autoprune.search.trial_log import TrialLog
 from autoprune.tracking_spool import finish, replay, replay_if_due, resilient
@@ -132,15 +133,22 @@ class TrackingCallback(Callback):
     # --- helpers --------------------------------------------------------------------------
 
     def refresh_front(self) -> None:
-        """Rewrite ``pareto.csv/png/html`` on the parent run from the completed trials."""
+        """Rewrite ``pareto.csv/png/html`` on the parent run from the completed trials,
+        and the search's compute so far (``search_train_flops``)."""
+        from mlflow.entities import Metric
+
         from autoprune.search import pareto
 
         assert self.client is not None
-        rows = completed_rows(RunLookup(self.client, self.experiment_id, self.parent_id))
+        runs = RunLookup(self.client, self.experiment_id, self.parent_id).children()
+        rows = completed_rows(RunLookup(self.client, self.experiment_id), runs)
         with tempfile.TemporaryDirectory(prefix="autoprune-pareto-") as folder:
             title = f"{self.name}: {len(rows)} completed trials"
             pareto.write_all(rows, self.objectives, self.modes, Path(folder), title)
             self.client.log_artifacts(self.parent_id, folder)
+        stamp, step = int(time.time() * 1000), len(runs)
+        metrics = [Metric(k, v, stamp, step) for k, v in search_compute(runs).items()]
+        self.client.log_batch(self.parent_id, metrics=metrics)
         self._front_dirty = False
         self._last_refresh = time.monotonic()
 

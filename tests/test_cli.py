@@ -113,3 +113,41 @@ def test_missing_data_offline_is_one_line(tmp_path) -> None:
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, proc.stderr
     assert "cifar10" in proc.stderr
+
+
+SIX_EPOCHS = {**GOOD, "training": {**GOOD["training"], "epochs": 6},
+              "method_params": {"target_ratio": 0.5, "start_epoch": 2, "end_epoch": 3}}
+
+
+def test_train_replays_the_schedule_at_another_budget(tmp_path, capsys) -> None:
+    """--epochs 12 on a 6-epoch schedule prunes after epochs 4 and 6, not 2 and 3."""
+    config = write(tmp_path, SIX_EPOCHS)
+    out = tmp_path / "out"
+    assert main(["train", str(config), "--out", str(out), "--quiet", "--epochs", "12",
+                 "--train-subset", "150"]) == 0
+    assert "start_epoch 2 -> 4" in capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    assert len(summary["epochs"]) == 12
+    assert summary["schedule"]["method_params"]["start_epoch"] == 4
+    assert summary["schedule"]["rescaled"]["end_epoch"] == {"written": 3, "used": 6}
+    macs = [e["macs"] for e in summary["epochs"]]
+    changed = [e["epoch"] for e, before in zip(summary["epochs"][1:], macs) if e["macs"] < before]
+    assert changed == [4, 6]  # the two pruning steps, where 1/3 and 1/2 of training end
+    assert summary["config"]["training"]["schedule_epochs"] == 6  # written as given
+    assert summary["config"]["dataset"]["train_subset"] == 150
+    # the resolved config replays as it says: same budget again, nothing rescaled twice
+    again = write(tmp_path, summary["config"], "again.yaml")
+    assert main(["train", str(again), "--out", str(tmp_path / "again"), "--quiet"]) == 0
+    replay = json.loads((tmp_path / "again" / "summary.json").read_text())
+    assert replay["schedule"]["method_params"] == summary["schedule"]["method_params"]
+
+
+def test_a_budget_too_small_for_the_schedule_is_one_line(tmp_path, capsys) -> None:
+    config = write(tmp_path, SIX_EPOCHS)
+    assert main(["train", str(config), "--out", str(tmp_path / "o"), "--epochs", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert "does not fit in 2 epochs" in err and "at least 3 epochs" in err
+    assert main(["train", str(config), "--epochs", "0"]) == 2
+    assert "positive integer" in capsys.readouterr().err
+    assert not (tmp_path / "o" / "checkpoint.pt").exists()

@@ -90,7 +90,8 @@ def train(
     ctx = TrainContext(model, (x0[:16], y0[:16]), data.train, tc.epochs, device)
     dense = {"macs": ctx.macs, "params": ctx.params, "step_flops": ctx.cost.train}
 
-    method = create_method(config.method, config.method_params, tc.epochs)
+    method_params, rescaled = config.schedule()
+    method = create_method(config.method, method_params, tc.epochs)
     method.setup(ctx)
     groups = getattr(method, "param_groups", lambda m: None)(ctx.model)
     ctx.optimizer = build_optimizer(groups or [{"params": list(ctx.model.parameters())}], tc)
@@ -157,6 +158,11 @@ def train(
         "final": final_event,
         "epochs": history,
         "config": config.to_dict(),
+        "schedule": {
+            "schedule_epochs": tc.reference_epochs, "epochs": tc.epochs,
+            "method_params": method_params,
+            "rescaled": {k: {"written": a, "used": b} for k, (a, b) in rescaled.items()},
+        },
         "model_file": "model.pt",
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=_json_default))

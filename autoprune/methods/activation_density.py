@@ -40,6 +40,7 @@ from torch_pruning import ops
 
 from autoprune.config import check_range
 from autoprune.methods.base import MethodParams, PruningMethod, register_method
+from autoprune.methods.timing import epoch_field
 from autoprune.surgery import ChannelGroup
 
 if TYPE_CHECKING:
@@ -53,9 +54,9 @@ _RECTIFIERS = ("Relu", "Hardtanh", "Threshold")
 class ActivationDensityParams(MethodParams):
     density_batches: int = 10
     """Training batches measured at the start of each resize epoch."""
-    interval: int = 1
+    interval: int = epoch_field(1, "every")
     """Epochs between resizes."""
-    start_epoch: int = 1
+    start_epoch: int = epoch_field(1, "after")
     """First resize after this epoch."""
     aggressiveness: float = 1.0
     """Multiplier of the density: below 1 shrinks harder, above 1 more gently."""

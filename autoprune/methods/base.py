@@ -31,6 +31,12 @@ class MethodParams:
     def validate(self, epochs: int) -> None:
         """Check ranges and consistency with the number of training epochs."""
 
+    def resolve(self, epochs: int) -> MethodParams:
+        """The same parameters with automatic values (0 = derived from ``epochs``) made
+        explicit; fields declared with :func:`~autoprune.methods.timing.epoch_field`
+        are then rescaled to another budget by :func:`~autoprune.methods.timing.rescale`."""
+        return self
+
 
 class PruningMethod:
     """Base class: every hook is optional; the default does nothing (= dense training)."""

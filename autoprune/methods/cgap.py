@@ -33,6 +33,7 @@ Choices the paper leaves open (see :func:`growth_plan` and :func:`saliency_prune
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ from torch import nn
 
 from autoprune.config import ConfigError, check_range
 from autoprune.methods.base import MethodParams, PruningMethod, register_method
+from autoprune.methods.timing import epoch_field
 from autoprune.schedule import PruningSchedule
 from autoprune.surgery import ChannelGroup
 from autoprune.surgery.grow import check_growable
@@ -55,20 +57,20 @@ if TYPE_CHECKING:
 class CGaPParams(MethodParams):
     seed_width: float = 0.5
     """Fraction of every prunable layer's dense width the seed network starts with."""
-    growth_interval: int = 1
+    growth_interval: int = epoch_field(1, "every", within="growth_end_epoch")
     growth_rate: float = 0.25
     """New filters per growth step, as a fraction of the current width (on average)."""
-    growth_end_epoch: int = 0
+    growth_end_epoch: int = epoch_field(0, "after")
     """Last epoch after which the network grows; 0 means a third of the epochs."""
     max_width: float = 1.0
     """Cap of growth, as a fraction of the dense architecture's width."""
-    prune_start_epoch: int = 0
+    prune_start_epoch: int = epoch_field(0, "after")
     """First prune step (after this epoch); 0 means the epoch after growth ends."""
-    prune_end_epoch: int = 0
+    prune_end_epoch: int = epoch_field(0, "after")
     """Epoch at which ``prune_ratio`` is reached; 0 means two thirds of the epochs."""
     prune_ratio: float = 0.5
     """Fraction of the grown network's filters removed in all."""
-    prune_frequency: int = 1
+    prune_frequency: int = epoch_field(1, "every")
     ramp: Literal["linear", "cubic"] = "linear"
     layer_floor: float = 0.05
     """Fraction of each layer's grown width pruning always keeps."""
@@ -81,6 +83,11 @@ class CGaPParams(MethodParams):
         prune_start = self.prune_start_epoch or growth_end + 1
         prune_end = self.prune_end_epoch or max(prune_start, round(2 * epochs / 3))
         return growth_end, prune_start, prune_end
+
+    def resolve(self, epochs: int) -> CGaPParams:
+        growth_end, prune_start, prune_end = self.phases(epochs)
+        return dataclasses.replace(self, growth_end_epoch=growth_end,
+                                   prune_start_epoch=prune_start, prune_end_epoch=prune_end)
 
     def validate(self, epochs: int) -> None:
         check_range("method_params.seed_width", self.seed_width, 0.0, 1.0, low_open=True)

@@ -14,6 +14,7 @@ methods train for the same number of epochs.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -28,6 +29,7 @@ from autoprune.methods.criteria import (
     random_importance,
     uniform_plan,
 )
+from autoprune.methods.timing import epoch_field
 from autoprune.schedule import PruningSchedule
 
 if TYPE_CHECKING:
@@ -48,10 +50,11 @@ class Dense(PruningMethod):
 class FilterParams(MethodParams):
     criterion: Criterion = "l1"
     target_ratio: float = 0.5
-    start_epoch: int = 1
-    end_epoch: int = 0
-    """0 means: half of the epochs."""
-    frequency: int = 1
+    start_epoch: int = epoch_field(1, "after")
+    """First pruning step after this epoch (the epochs up to it train dense)."""
+    end_epoch: int = epoch_field(0, "after")
+    """``target_ratio`` is reached after this epoch; 0 means: half of the epochs."""
+    frequency: int = epoch_field(1, "every")
     ramp: Literal["linear", "cubic"] = "linear"
     allocation: Allocation = "uniform"
     layer_floor: float = 0.05
@@ -69,6 +72,9 @@ class FilterParams(MethodParams):
 
     def resolved_end(self, epochs: int) -> int:
         return self.end_epoch or max(self.start_epoch, epochs // 2)
+
+    def resolve(self, epochs: int) -> FilterParams:
+        return dataclasses.replace(self, end_epoch=self.resolved_end(epochs))
 
 
 class ScheduledFilterPruning(PruningMethod):
@@ -128,7 +134,8 @@ class FilterPruning(ScheduledFilterPruning):
 class PruneRetrainParams(MethodParams):
     criterion: Criterion = "l1"
     target_ratio: float = 0.5
-    retrain_epochs: int = 1
+    retrain_epochs: int = epoch_field(1, "before_end")
+    """Fine-tuning epochs at the end of the budget (the dense phase gets the rest)."""
     allocation: Allocation = "uniform"
     layer_floor: float = 0.05
     activation_batches: int = 10

@@ -45,6 +45,7 @@ Choices the paper (as available to us) left open:
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -70,6 +71,7 @@ from autoprune.methods._gates import (
     resize_entries,
 )
 from autoprune.methods.base import MethodParams, PruningMethod, register_method
+from autoprune.methods.timing import epoch_field
 from autoprune.surgery import ChannelGroup
 
 if TYPE_CHECKING:
@@ -84,9 +86,9 @@ class HFPParams(MethodParams):
     target_params_ratio: float = 0.5
     target_macs_ratio: float = 0.5
     budget_weight: float = 5.0
-    interval: int = 1
+    interval: int = epoch_field(1, "every")
     threshold: float = 0.01
-    end_epoch: int = 0
+    end_epoch: int = epoch_field(0, "after")
     """Epoch of the final cut; 0 means ``max(1, epochs - 1)``."""
     temperature: float = 0.5
     """Of the soft channel count."""
@@ -102,6 +104,9 @@ class HFPParams(MethodParams):
 
     def resolved_end(self, epochs: int) -> int:
         return self.end_epoch or max(1, epochs - 1)
+
+    def resolve(self, epochs: int) -> HFPParams:
+        return dataclasses.replace(self, end_epoch=self.resolved_end(epochs))
 
     @property
     def targets(self) -> tuple[float, float]:

@@ -73,6 +73,7 @@ from autoprune.methods._gates import (
     split_param_groups,
 )
 from autoprune.methods.base import MethodParams, PruningMethod, register_method
+from autoprune.methods.timing import epoch_field
 
 if TYPE_CHECKING:
     from autoprune.engine.context import TrainContext
@@ -93,7 +94,7 @@ class VariationalParams(MethodParams):
     estimator: Literal["straight_through", "concrete"] = "straight_through"
     temperature: float = 0.5
     """Of the concrete relaxation."""
-    start_epoch: int = 1
+    start_epoch: int = epoch_field(1, "from")
     """Gates act from this epoch on (before it: dense warm-up, every gate 1, thetas idle);
     structures are removed or fixed at the end of this epoch and later ones."""
 

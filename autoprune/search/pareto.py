@@ -15,7 +15,7 @@ from typing import Any
 Row = Mapping[str, Any]
 
 CSV_COLUMNS = ("trial_id", "method", "accuracy", "macs", "params", "train_flops", "latency_ms",
-               "macs_ratio", "run_id")
+               "macs_ratio", "epochs", "run_id")
 
 
 def dominates(a: Sequence[float], b: Sequence[float], modes: Sequence[str]) -> bool:
@@ -34,6 +34,55 @@ def non_dominated(points: Sequence[Sequence[float]], modes: Sequence[str]) -> li
     valid = [i for i, p in enumerate(points) if all(math.isfinite(v) for v in p)]
     return [i for i in valid
             if not any(dominates(points[j], points[i], modes) for j in valid if j != i)]
+
+
+def nondominated_ranks(points: Sequence[Sequence[float]], modes: Sequence[str]) -> list[int]:
+    """Front index of every point (0: non-dominated; 1: non-dominated once front 0 is
+    removed; ...). Points with a NaN come last, after every front."""
+    ranks = [-1] * len(points)
+    left = [i for i, p in enumerate(points) if all(math.isfinite(v) for v in p)]
+    level = 0
+    while left:
+        current = [i for i in left
+                   if not any(dominates(points[j], points[i], modes) for j in left if j != i)]
+        for i in current:
+            ranks[i] = level
+        left = [i for i in left if ranks[i] < 0]
+        level += 1
+    return [level if r < 0 else r for r in ranks]
+
+
+def crowding_distances(points: Sequence[Sequence[float]]) -> list[float]:
+    """NSGA-II crowding distance of each point within one front (infinite at the ends of
+    every objective): larger means more isolated, so more worth keeping."""
+    n = len(points)
+    distance = [0.0] * n
+    if n <= 2:
+        return [math.inf] * n
+    for k in range(len(points[0])):
+        order = sorted(range(n), key=lambda i: points[i][k])
+        low, high = points[order[0]][k], points[order[-1]][k]
+        distance[order[0]] = distance[order[-1]] = math.inf
+        if high == low:
+            continue
+        for a, b, c in zip(order, order[1:], order[2:]):
+            distance[b] += (points[c][k] - points[a][k]) / (high - low)
+    return distance
+
+
+def priority_positions(points: Sequence[Sequence[float]], modes: Sequence[str]) -> list[int]:
+    """Each point's place (0 = best) when ordered by non-dominated rank, then by crowding
+    distance (larger first). Tied points share the better place."""
+    ranks = nondominated_ranks(points, modes)
+    crowding = [0.0] * len(points)
+    for level in set(ranks):
+        members = [i for i, r in enumerate(ranks) if r == level]
+        if all(all(math.isfinite(v) for v in points[i]) for i in members):
+            for i, d in zip(members, crowding_distances([points[i] for i in members])):
+                crowding[i] = d
+    keys = [(ranks[i], -crowding[i]) for i in range(len(points))]
+    ordered = sorted(keys)
+    return [ordered.index(key) for key in keys]
 
 
 def hypervolume_2d(
@@ -160,5 +209,6 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-__all__ = ["dominates", "front", "hypervolume_2d", "non_dominated", "write_all", "write_csv",
-           "write_html", "write_png"]
+__all__ = ["crowding_distances", "dominates", "front", "hypervolume_2d", "non_dominated",
+           "nondominated_ranks", "priority_positions", "write_all", "write_csv", "write_html",
+           "write_png"]

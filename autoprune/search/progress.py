@@ -66,10 +66,14 @@ class ProgressPrinter(Callback):
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial,
                           **info: Any) -> None:
+        from autoprune.search.trial_log import trial_outcome
+
         result = trial.last_result or {}
-        status = result.get("trial_status", "stopped") if result.get("is_final") else "stopped"
-        if status == "completed":
+        status = trial_outcome(result)
+        if status in ("completed", "pruned"):
             what = ", ".join(f"{o} {human(result.get(o), o)}" for o in self.objectives)
+            if status == "pruned":
+                status = f"pruned after rung {result.get('rung')} ({result.get('epochs')} epochs)"
         else:
             what = str(result.get("failure", ""))[:120]
         self._line(trials, trial, status, what)
@@ -106,7 +110,8 @@ class ProgressPrinter(Callback):
 def was_interrupted(trials: Sequence[Any], total: int) -> bool:
     """Whether a search ended before all its trials did (Ctrl-C, a lost driver, ...)."""
     ended = [t for t in trials if t.status == "ERROR" or (
-        t.status == "TERMINATED" and (t.last_result or {}).get("is_final"))]
+        t.status == "TERMINATED" and ((t.last_result or {}).get("is_final")
+                                      or (t.last_result or {}).get("rung_done")))]
     return len(ended) < max(total, len(trials))
 
 

@@ -29,6 +29,7 @@ from autoprune.config import (
     parse_train_config,
 )
 from autoprune.errors import ConfigError
+from autoprune.search.fidelity import SchedulerSettings
 
 OBJECTIVES: dict[str, str] = {
     "accuracy": "max", "macs": "min", "params": "min", "train_flops": "min", "latency_ms": "min",
@@ -86,6 +87,8 @@ class SearchSpace:
     resources: Resources = field(default_factory=Resources)
     max_concurrent: int | None = None
     max_failures: int = 1
+    scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
+    """Multi-fidelity TrialScheduler (``none``: every trial trains its full budget)."""
     name: str | None = None
     source: str = ""
     """The YAML text the space was read from (logged on the search's parent run)."""
@@ -93,6 +96,16 @@ class SearchSpace:
     @property
     def modes(self) -> tuple[str, ...]:
         return tuple(OBJECTIVES[o] for o in self.objectives)
+
+    @property
+    def epochs(self) -> int:
+        """A full-fidelity trial's epochs (the fixed ``training.epochs``)."""
+        training = self.fixed.get("training") or {}
+        return int(training.get("epochs", TrainingConfig.epochs))
+
+    @property
+    def rungs(self) -> tuple[int, ...]:
+        return self.scheduler.rungs(self.epochs)
 
 
 @dataclass(frozen=True)
@@ -116,6 +129,7 @@ class _SpaceFile:
     resources: Resources = field(default_factory=Resources)
     max_concurrent: int | None = None
     max_failures: int = 1
+    scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
 
 
 @dataclass(frozen=True)
@@ -152,8 +166,8 @@ def parse_space(data: Any, source: str = "") -> SearchSpace:
         fixed=fixed, shared=shared, methods=methods, objectives=raw.objectives,
         sampler=raw.sampler, sampler_options=dict(raw.sampler_options), seed=raw.seed,
         num_samples=raw.num_samples, resources=raw.resources,
-        max_concurrent=raw.max_concurrent, max_failures=raw.max_failures, name=raw.name,
-        source=source,
+        max_concurrent=raw.max_concurrent, max_failures=raw.max_failures,
+        scheduler=raw.scheduler, name=raw.name, source=source,
     )
     validate_settings(space)
     check_corners(space)
@@ -253,6 +267,11 @@ def validate_settings(space: SearchSpace) -> None:
         raise ConfigError(f"max_concurrent must be at least 1, got {space.max_concurrent}")
     if space.max_failures < 0:
         raise ConfigError(f"max_failures must be >= 0, got {space.max_failures}")
+    space.scheduler.validate(space.epochs)
+    searched = {s.name for s in space.shared}
+    if space.scheduler.enabled and searched & {"training.epochs", "training.schedule_epochs"}:
+        raise ConfigError("scheduler: multi-fidelity rungs need a fixed training.epochs "
+                          "(it is searched here)")
     from autoprune.search.samplers import build_sampler
 
     for name in space.sampler_options:

@@ -25,7 +25,8 @@ ROLE, STATUS, TRIAL_ID, NODE_ID, METHOD = (
 PARENT = "mlflow.parentRunId"
 DEFAULT_DB = Path("runs") / "mlflow.db"
 ROW_METRICS = ("accuracy", "macs", "params", "train_flops", "latency_ms", "macs_ratio",
-               "params_ratio", "dense_macs", "dense_params", "train_flops_ratio", "val_accuracy")
+               "params_ratio", "dense_macs", "dense_params", "train_flops_ratio", "val_accuracy",
+               "epochs", "trial_train_flops")
 
 
 def resolve_tracking_uri(uri: str | None) -> str:
@@ -131,10 +132,22 @@ def run_row(run: Run) -> dict[str, Any]:
     return row
 
 
-def completed_rows(lookup: RunLookup) -> list[dict[str, Any]]:
-    """Rows of the completed trials (the only ones that may enter a front)."""
-    rows = [run_row(r) for r in lookup.children() if r.data.tags.get(STATUS) == "completed"]
+def completed_rows(lookup: RunLookup, runs: list[Run] | None = None) -> list[dict[str, Any]]:
+    """Rows of the completed trials: full fidelity only (trials stopped at a lower
+    multi-fidelity rung are ``pruned``), the only ones that may enter a front."""
+    runs = lookup.children() if runs is None else runs
+    rows = [run_row(r) for r in runs if r.data.tags.get(STATUS) == "completed"]
     return sorted(rows, key=lambda r: str(r["trial_id"]))
+
+
+def search_compute(runs: list[Run]) -> dict[str, float]:
+    """The parent run's summary metrics: ``search_train_flops`` (every rung of every
+    trial, as far as each trained) and trial counts by status."""
+    statuses = [r.data.tags.get(STATUS, "") for r in runs]
+    flops = sum(float(r.data.metrics.get("trial_train_flops", r.data.metrics.get(
+        "train_flops", 0.0))) for r in runs)
+    return {"search_train_flops": flops,
+            **{f"trials_{s}": float(statuses.count(s)) for s in ("completed", "pruned", "failed")}}
 
 
 @dataclass
@@ -173,4 +186,4 @@ def load_search(uri: str | None, name: str) -> SearchRecord:
 
 __all__ = ["RunLookup", "SearchRecord", "artifact_location", "check_server", "completed_rows",
            "get_or_create_experiment", "load_search", "open_client", "resolve_tracking_uri",
-           "run_row"]
+           "run_row", "search_compute"]

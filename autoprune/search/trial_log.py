@@ -1,7 +1,14 @@
 """One trial's MLflow child run, logged idempotently (a resumed search logs nothing twice).
 
 The run is found again by its ``autoprune.trial_id`` tag before one is created; epochs
-already logged are skipped; a run that is already ``completed`` or ``failed`` is left alone.
+already logged are skipped; a run that is already ``completed``, ``pruned`` or ``failed``
+is left alone.
+
+Steps count every epoch the trial trained: with multi-fidelity rungs, the curves of the
+rungs follow one another (metric ``rung`` says which is which), and the end of each lower
+rung is logged as ``rung<k>/accuracy``, ``rung<k>/macs``, ... A trial stopped after a
+lower rung ends ``pruned``, with that rung's final values under the usual names and its
+``epochs``; ``trial_train_flops`` is the training compute of all its rungs.
 """
 
 from __future__ import annotations
@@ -16,10 +23,14 @@ from typing import TYPE_CHECKING, Any
 from autoprune.search.store import METHOD, NODE_ID, PARENT, ROLE, STATUS, TRIAL_ID, RunLookup
 from autoprune.search.trainable import EPOCH_KEYS, FINAL_EXTRA_KEYS, OBJECTIVE_KEYS
 
+FINAL_PROGRESS_KEYS = ("epochs", "rung", "trial_train_flops")
+
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
-DONE = ("completed", "failed")
+DONE = ("completed", "failed", "pruned")
+RUNG_KEYS = ("accuracy", "macs", "params", "train_flops", "val_accuracy", "macs_ratio")
+PROGRESS_KEYS = ("trial_train_flops", "rung")
 ERROR_TAG, DIVERGED_TAG, RETRIES_TAG = "autoprune.error", "autoprune.diverged", "autoprune.retries"
 
 
@@ -73,24 +84,30 @@ class TrialLog:
             self.client.set_tag(self.run_id, NODE_ID, node)
             self.node_id = node
         epoch = int(result.get("epoch") or 0)
+        if result.get("rung_done") and not result.get("is_final"):
+            prefix = f"rung{int(result.get('rung', 0))}/"
+            values = {prefix + k: result[k] for k in RUNG_KEYS if k in result}
+            self._metrics({**values, prefix + "epochs": result.get("epochs", 0)}, epoch)
+            return
         if result.get("is_final") or epoch <= self.logged_step:
             return
-        self._metrics({k: result[k] for k in EPOCH_KEYS if k in result}, epoch)
+        keys = (*EPOCH_KEYS, *PROGRESS_KEYS)
+        self._metrics({k: result[k] for k in keys if k in result}, epoch)
         self.logged_step = epoch
 
     def complete(self, result: Mapping[str, Any], checkpoint: Any) -> None:
         """The trial ended: completed (final metrics, artifacts), failed, or stopped."""
         if self.done:
             return
-        status = result.get("trial_status") if result.get("is_final") else "stopped"
-        if status == "completed":
-            keys = (*OBJECTIVE_KEYS, *FINAL_EXTRA_KEYS)
+        status = trial_outcome(result)
+        if status in ("completed", "pruned"):
+            keys = (*OBJECTIVE_KEYS, *FINAL_EXTRA_KEYS, *FINAL_PROGRESS_KEYS)
             step = int(result.get("epoch") or self.logged_step)
             self._metrics({k: result[k] for k in keys if k in result}, step)
             if checkpoint is not None:
                 with checkpoint.as_directory() as folder:
                     self.client.log_artifacts(self.run_id, folder)
-            self._end("completed", "FINISHED")
+            self._end(status, "FINISHED")
         elif status == "failed":
             self._failed(str(result.get("failure", "failed")), bool(result.get("diverged")))
         else:
@@ -136,6 +153,14 @@ class TrialLog:
             self.client.log_batch(self.run_id, metrics=metrics)
 
 
+def trial_outcome(result: Mapping[str, Any]) -> str:
+    """How a trial ended, from its last result: ``completed`` (full fidelity), ``failed``,
+    ``pruned`` (stopped by the TrialScheduler after a lower rung) or ``stopped``."""
+    if result.get("is_final"):
+        return str(result.get("trial_status", "stopped"))
+    return "pruned" if result.get("rung_done") else "stopped"
+
+
 def schedule_params(flat: Mapping[str, Any], fixed: Mapping[str, Any]) -> dict[str, str]:
     """MLflow params: the resolved train config, flattened (the raw trial config if invalid)."""
     from autoprune.config import parse_train_config
@@ -154,4 +179,4 @@ def _last_line(text: str) -> str:
     return (lines[-1] if lines else text)[:500]
 
 
-__all__ = ["TrialLog", "schedule_params"]
+__all__ = ["TrialLog", "schedule_params", "trial_outcome"]

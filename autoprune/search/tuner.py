@@ -54,7 +54,8 @@ class SearchRequest:
         return {"space": s.source, "tracking_uri": self.tracking_uri, "sampler": s.sampler,
                 "seed": s.seed, "num_samples": s.num_samples, "objectives": list(s.objectives),
                 "max_concurrent": s.max_concurrent, "max_failures": s.max_failures,
-                "resources": [s.resources.cpu, s.resources.gpu]}
+                "resources": [s.resources.cpu, s.resources.gpu],
+                "scheduler": [s.scheduler.name, *s.rungs, s.scheduler.reduction_factor]}
 
 
 @dataclass(frozen=True)
@@ -86,14 +87,16 @@ def run_search(request: SearchRequest) -> SearchOutcome:
             write_settings(request)
         grid = tuner.fit()
     results = [grid[i] for i in range(len(grid))]
-    ended = [r for r in results if r.error is not None or (r.metrics or {}).get("is_final")]
+    ended = [r for r in results if r.error is not None or (r.metrics or {}).get("is_final")
+             or (r.metrics or {}).get("rung_done")]
     return SearchOutcome(request.name, request.tracking_uri, request.experiment_path,
                          len(grid), len(grid.errors),
                          interrupted=len(ended) < request.space.num_samples)
 
 
 def build_tuner(request: SearchRequest, trainable: Any, max_concurrent: int) -> Any:
-    """A fresh Tuner: Optuna define-by-run search, no TrialScheduler, our callbacks."""
+    """A fresh Tuner: Optuna define-by-run search, the space's TrialScheduler (none, or
+    multi-objective successive halving), our callbacks."""
     import optuna
     from ray import tune
 
@@ -112,7 +115,9 @@ def build_tuner(request: SearchRequest, trainable: Any, max_concurrent: int) -> 
     parent_params = {"space_file": request.space_file, "sampler": space.sampler,
                      "seed": space.seed, "num_samples": space.num_samples,
                      "objectives": ",".join(space.objectives), "model": space.fixed["model"],
-                     "methods": ",".join(space.methods), "max_failures": space.max_failures}
+                     "methods": ",".join(space.methods), "max_failures": space.max_failures,
+                     "scheduler": space.scheduler.name,
+                     "rungs": ",".join(str(r) for r in space.rungs)}
     callbacks = [
         TrackingCallback(request.tracking_uri, request.name, space.objectives, space.modes,
                          space.fixed, parent_params, space.source),
@@ -124,21 +129,34 @@ def build_tuner(request: SearchRequest, trainable: Any, max_concurrent: int) -> 
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1), verbose=0,
     )
     tune_config = tune.TuneConfig(
-        search_alg=searcher, num_samples=space.num_samples, max_concurrent_trials=max_concurrent,
+        search_alg=searcher, scheduler=build_scheduler(request),
+        num_samples=space.num_samples, max_concurrent_trials=max_concurrent,
         reuse_actors=True, trial_dirname_creator=trial_dirname,
     )
     return tune.Tuner(trainable, tune_config=tune_config, run_config=run_config)
 
 
+def build_scheduler(request: SearchRequest) -> Any:
+    """The TrialScheduler: None (Ray's FIFO: every trial runs its full budget) or MOASHA."""
+    space = request.space
+    if not space.scheduler.enabled:
+        return None
+    from autoprune.search.moasha import MultiObjectiveASHA
+
+    return MultiObjectiveASHA(space.objectives, space.modes, space.rungs,
+                              space.scheduler.reduction_factor,
+                              state_dir=request.experiment_path)
+
+
 def make_trainable(space: SearchSpace) -> Any:
-    """The trial function with the fixed config bound and the space's resources."""
+    """The trial function with the fixed config, the rungs and the space's resources."""
     from ray import tune
 
     from autoprune.search.trainable import run_trial
 
     resources = {"cpu": space.resources.cpu, "gpu": space.resources.gpu}
-    return tune.with_resources(tune.with_parameters(run_trial, fixed=dict(space.fixed)),
-                               resources)
+    trainable = tune.with_parameters(run_trial, fixed=dict(space.fixed), rungs=space.rungs)
+    return tune.with_resources(trainable, resources)
 
 
 def trial_dirname(trial: Any) -> str:
