@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench clean
+.PHONY: install system-deps demo test lint bench clean
 
 install: $(STAMP)
 
@@ -14,13 +14,18 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
+# System packages the tests use (Fashion-MNIST, headless Chromium): apt-get where possible,
+# otherwise it says what to install and the tests that need them skip.
+system-deps:
+	@bash .ci/system-deps
+
 demo: install
 	$(BIN)/python -m autoprune.demo
 
 # Every test, the slow end-to-end ones included (marker `slow`: real Ray, MLflow, data; a
 # two-node Ray cluster with an MLflow server and headless Chromium, tests/test_cluster_e2e.py).
-test: install
-	$(BIN)/python -m pytest -q tests
+test: install system-deps
+	$(BIN)/python -m pytest -q tests --durations=15
 
 lint: install
 	$(BIN)/ruff check autoprune tests benchmarks

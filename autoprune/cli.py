@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -63,12 +64,16 @@ def build_parser() -> argparse.ArgumentParser:
 @command("train")
 def _train(args: argparse.Namespace) -> int:
     from autoprune.config import at_budget, load_yaml, parse_train_config
-    from autoprune.engine import train
+    from autoprune.engine import TrainingDiverged, train
 
     config = parse_train_config(at_budget(load_yaml(args.config), args.epochs,
                                           args.train_subset))
     out = Path(args.out) if args.out else Path("runs/train") / Path(args.config).stem
-    summary = train(config, out, progress=not args.quiet, resume=not args.fresh)
+    try:
+        summary = train(config, out, progress=not args.quiet, resume=not args.fresh)
+    except TrainingDiverged as exc:
+        raise UserError(f"training diverged: {exc}; lower training.lr (now "
+                        f"{config.training.lr:g}), then rerun with --fresh") from None
     keys = ("accuracy", "macs", "dense_macs", "params", "dense_params", "train_flops",
             "dense_train_flops", "wall_time_s")
     print(json.dumps({k: summary[k] for k in keys}, indent=2))
@@ -133,6 +138,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to resume", file=sys.stderr)
         return 130
+    except Exception as exc:
+        # MLflow refusing a store or a request (permissions, a store of another version):
+        # one line, like every user-facing error; AUTOPRUNE_DEBUG=1 shows the traceback.
+        if _from_mlflow(exc) and not os.environ.get("AUTOPRUNE_DEBUG"):
+            text = " ".join(str(exc).split()) or type(exc).__name__
+            if "Connection refused" in text or "Max retries exceeded" in text:
+                print("error: the MLflow tracking server stopped answering; what could not "
+                      "be sent waits in the spool: once the server is back, rerun the same "
+                      "command (with --resume for a search)", file=sys.stderr)
+            else:
+                print(f"error: MLflow: {text[:500]}", file=sys.stderr)
+            return 2
+        raise
+
+
+def _from_mlflow(exc: BaseException) -> bool:
+    if "mlflow" not in sys.modules:
+        return False
+    from mlflow.exceptions import MlflowException
+
+    return isinstance(exc, MlflowException)
 
 
 def _version() -> str:

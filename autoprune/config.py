@@ -7,19 +7,19 @@ and, where there is a fixed set, the allowed values.
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import types
-import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar, get_args, get_origin
+from typing import Any, Literal
 
 import yaml
 
 from autoprune.errors import ConfigError
+from autoprune.validation import check_choice, check_range, convert, from_mapping
 
-T = TypeVar("T")
+__all__ = ["REPLAY_NOTE", "ConfigError", "DatasetConfig", "TrainConfig", "TrainingConfig",
+           "at_budget", "check_choice", "check_range", "convert", "dump_yaml", "from_mapping",
+           "load_train_config", "load_yaml", "parse_train_config", "replayable"]
 
 
 @dataclass(frozen=True)
@@ -174,7 +174,14 @@ def load_yaml(path: str | Path) -> Any:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        return yaml.safe_load(path.read_text())
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path} is not a text file (UTF-8 YAML expected; byte "
+                          f"{exc.start} cannot be read)") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
@@ -207,98 +214,3 @@ def replayable(data: Mapping[str, Any]) -> dict[str, Any]:
     training["schedule_epochs"] = training.get("schedule_epochs") or training.get("epochs")
     out["training"] = training
     return out
-
-
-# --- generic typed conversion -------------------------------------------------------
-
-
-def from_mapping(cls: type[T], data: Any, where: str) -> T:
-    """Build dataclass ``cls`` from ``data``: unknown keys, missing keys and wrong types
-    are :class:`ConfigError` naming the dotted key."""
-    prefix = f"{where}." if where else ""
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{where or 'config'} must be a mapping, got {_kind(data)}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    for key in data:
-        if key not in fields:
-            hint = difflib.get_close_matches(str(key), fields, n=1)
-            also = f" (did you mean {hint[0]!r}?)" if hint else ""
-            raise ConfigError(
-                f"unknown key '{prefix}{key}'{also}; allowed: {', '.join(sorted(fields))}"
-            )
-    hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for name, f in fields.items():
-        if name in data:
-            kwargs[name] = convert(hints[name], data[name], f"{prefix}{name}")
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise ConfigError(f"missing required key '{prefix}{name}'")
-    return cls(**kwargs)
-
-
-def convert(tp: Any, value: Any, key: str) -> Any:
-    """Check (and lightly coerce: int -> float) ``value`` against type ``tp``."""
-    origin = get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        options = get_args(tp)
-        if value is None and type(None) in options:
-            return None
-        errors = []
-        for option in options:
-            if option is type(None):
-                continue
-            try:
-                return convert(option, value, key)
-            except ConfigError as exc:
-                errors.append(exc)
-        raise errors[0]
-    if origin is Literal:
-        check_choice(key, value, list(get_args(tp)))
-        return value
-    if origin in (Mapping, dict) or tp in (dict, Mapping):
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{key} must be a mapping, got {_kind(value)}")
-        return dict(value)
-    if origin in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key} must be a list, got {_kind(value)}")
-        (item,) = get_args(tp)[:1] or (Any,)
-        return tuple(convert(item, v, f"{key}[{i}]") for i, v in enumerate(value))
-    if dataclasses.is_dataclass(tp):
-        return from_mapping(tp, value, key)  # type: ignore[arg-type]
-    if tp is Any:
-        return value
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if tp in (int, float) and isinstance(value, bool):
-        raise ConfigError(f"{key} must be a number, got a boolean")
-    if isinstance(tp, type) and not isinstance(value, tp):
-        raise ConfigError(f"{key} must be {_type_name(tp)}, got {_kind(value)} {value!r}")
-    return value
-
-
-def check_choice(key: str, value: Any, allowed: list[Any]) -> None:
-    if value not in allowed:
-        hint = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=3)
-        also = f"; did you mean {', '.join(hint)}?" if hint else ""
-        shown = ", ".join(map(str, allowed[:12])) + (", ..." if len(allowed) > 12 else "")
-        raise ConfigError(f"unknown {key} {value!r}{also} (allowed: {shown})")
-
-
-def check_range(
-    key: str, value: float, low: float, high: float, low_open: bool = False
-) -> None:
-    bad_low = value <= low if low_open else value < low
-    if bad_low or value > high:
-        bracket = "(" if low_open else "["
-        raise ConfigError(f"{key} must be in {bracket}{low}, {high}], got {value}")
-
-
-def _kind(value: Any) -> str:
-    return type(value).__name__
-
-
-def _type_name(tp: Any) -> str:
-    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(
-        tp, getattr(tp, "__name__", str(tp))
-    )

@@ -76,12 +76,16 @@ def search_request(args: argparse.Namespace) -> Any:
     validate_settings(space)
     storage = Path(args.storage_path or "runs/ray")
     name = args.name or space.name or Path(args.space).stem
+    from autoprune.search.store import check_server
+
+    tracking_uri = resolve_tracking_uri(args.tracking_uri)
+    check_server(tracking_uri)  # before Ray starts, also on --resume
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
         raise UserError(f"--name {name!r}: use letters, digits, '_', '-' and '.' only")
     return SearchRequest(
         space=space, space_file=str(Path(args.space).resolve()),
         name=name,
-        tracking_uri=resolve_tracking_uri(args.tracking_uri),
+        tracking_uri=tracking_uri,
         storage_path=args.storage_path if "://" in str(args.storage_path) else str(
             storage.resolve()),
         address=args.address, resume=args.resume,

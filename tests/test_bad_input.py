@@ -85,6 +85,11 @@ CASES = [
          _train(method="cgap", method_params={"growth_end_epoch": 10})),
     Case("train-missing-file", ("train", "{dir}/nope.yaml"), ("not found", "nope.yaml")),
     Case("train-not-yaml", TRAIN_CMD, ("not valid YAML",), "model: [unclosed\n"),
+    Case("train-binary-file", TRAIN_CMD, ("not a text file",),
+         b"\x7fELF\x02\x01\x01\x00\x00\xd0\xff\xfe" * 8),
+    Case("train-epochs-too-few-for-the-schedule", (*TRAIN_CMD, "--epochs", "2"),
+         ("does not fit in 2 epochs", "at least 3"),
+         _train(method_params={"start_epoch": 1, "end_epoch": 2})),
     # --- search spaces (searched parts checked up front, before Ray) -------------------------
     Case("space-empty-choices", SEARCH, ("choices", "empty"),
          _space(searched__methods__filter__target_ratio={"choices": []})),
@@ -107,6 +112,17 @@ CASES = [
     Case("cli-resume-nothing", (*SEARCH, "--resume"), ("nothing to resume",), SPACE),
     Case("cli-tracking-server-down", (*SEARCH[:4], "--tracking-uri", "http://127.0.0.1:{port}"),
          ("cannot reach the MLflow tracking server",), SPACE),
+    Case("cli-tracking-server-down-on-resume",
+         (*SEARCH[:4], "--tracking-uri", "http://127.0.0.1:{port}", "--resume"),
+         ("cannot reach the MLflow tracking server",), SPACE),
+    Case("cli-tracking-uri-unsupported", (*SEARCH[:4], "--tracking-uri", "foo://bar"),
+         ("--tracking-uri", "foo://bar"), SPACE),
+    Case("pareto-tracking-uri-unsupported",
+         ("pareto", "--experiment", "s", "--tracking-uri", "ftp://host/db"), ("ftp://host/db",)),
+    Case("cli-unknown-scheduler", (*SEARCH, "--scheduler", "asha"), ("--scheduler", "asha"),
+         SPACE),
+    Case("space-rung-not-below-epochs", SEARCH, ("scheduler.min_epochs", "training.epochs"),
+         _space(scheduler={"name": "moasha", "min_epochs": 3})),
     Case("pick-budget-nobody-meets", (*PICK, "--max-macs", "1"), ("no completed trial",)),
     Case("pick-bad-number", (*PICK, "--max-macs", "lots"), ("--max-macs",)),
 ]
@@ -145,7 +161,9 @@ def results(store: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, 
     def run(case: Case) -> tuple[subprocess.CompletedProcess[str], float, Path]:
         folder = root / case.id
         folder.mkdir()
-        if case.file is not None:
+        if isinstance(case.file, bytes):
+            (folder / "input.yaml").write_bytes(case.file)
+        elif case.file is not None:
             text = case.file if isinstance(case.file, str) else yaml.safe_dump(case.file)
             (folder / "input.yaml").write_text(text)
         argv = [a.format(dir=folder, store=store, port=port) for a in case.argv]

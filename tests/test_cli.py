@@ -142,6 +142,16 @@ def test_train_replays_the_schedule_at_another_budget(tmp_path, capsys) -> None:
     assert replay["schedule"]["method_params"] == summary["schedule"]["method_params"]
 
 
+def test_a_diverging_run_ends_in_one_line_naming_the_epoch_and_the_lr(tmp_path,
+                                                                       capsys) -> None:
+    config = write(tmp_path, {"model": "small_cnn", "dataset": "digits", "method": "dense",
+                              "training": {"epochs": 3, "batch_size": 64, "lr": 1000.0}})
+    assert main(["train", str(config), "--out", str(tmp_path / "o"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: training diverged") and err.count("\n") == 1, err
+    assert "at epoch" in err and "lower training.lr (now 1000)" in err
+
+
 def test_a_budget_too_small_for_the_schedule_is_one_line(tmp_path, capsys) -> None:
     config = write(tmp_path, SIX_EPOCHS)
     assert main(["train", str(config), "--out", str(tmp_path / "o"), "--epochs", "2"]) == 2

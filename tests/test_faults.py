@@ -14,9 +14,11 @@ Related coverage elsewhere (not repeated here):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import sys
@@ -203,6 +205,71 @@ def test_tracking_server_restarted_mid_search_loses_nothing(
         assert lookup.parent().data.tags["autoprune.search_status"] == "completed"
         assert not (tmp_path / "spool").exists()  # nothing left behind unsent
     finally:
+        assert procs.stop_all() == []
+
+
+@pytest.mark.slow
+def test_spooled_results_reach_mlflow_once_after_a_crash_and_resume(tmp_path: Path) -> None:
+    """The server goes down mid-search, results pile up in the spool, the driver is killed;
+    the server comes back, ``--resume`` sends the spool: every epoch of every trial is in
+    MLflow exactly once, nothing is left in the spool."""
+    import tempfile
+
+    procs = Processes(tmp_path / "logs", paths=[str(tmp_path)])
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    space = {**SPACE, "num_samples": 3}
+    space["fixed"] = {**SPACE["fixed"], "training": {**SPACE["fixed"]["training"],
+                                                     "epochs": 4, "batch_size": 16}}
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
+    spool = tmp_path / "spool"
+    ray_tmp = tempfile.mkdtemp(prefix="aps")
+    env = {"AUTOPRUNE_SPOOL_DIR": str(spool), "AUTOPRUNE_MLFLOW_RETRY_S": "2",
+           "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "RAY_TMPDIR": ray_tmp}
+    argv = [sys.executable, "-m", "autoprune", "search", str(tmp_path / "space.yaml"),
+            "--name", "spooled", "--tracking-uri", uri, "--storage-path", str(tmp_path / "ray")]
+
+    def trial_lines() -> list[int]:
+        files = sorted((tmp_path / "ray" / "spooled").glob("trial_*/result.json"))
+        return [len(f.read_text().splitlines()) for f in files]
+
+    try:
+        server = mlflow_server(procs, tmp_path, port, "server1")
+        first = procs.start("search1", argv, env=env)
+        deadline = time.monotonic() + 240
+        while not (len(trial_lines()) >= 2 and trial_lines()[1] >= 1):  # trial 2 is training
+            assert first.popen.poll() is None and time.monotonic() < deadline, first.tail()
+            time.sleep(0.1)
+        os.killpg(server.popen.pid, signal.SIGKILL)
+        server.popen.wait()
+        while not any(spool.rglob("*")):  # writes outlive the 2 s retry window: spooled
+            assert time.monotonic() < deadline, first.tail()
+            time.sleep(0.2)
+        settle = time.monotonic() + 15  # more results go to the spool (or the driver stops)
+        while first.popen.poll() is None and time.monotonic() < settle:
+            time.sleep(0.2)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(first.popen.pid, signal.SIGKILL)
+        first.popen.wait()
+        assert any(spool.rglob("*")), "the spool was emptied without a server"
+        mlflow_server(procs, tmp_path, port, "server2")
+        code, output = procs.run("search2", [*argv, "--resume"], env=env, timeout=300)
+        assert code == 0, output
+        from autoprune.search.store import RunLookup, open_client
+
+        client = open_client(uri)
+        lookup = RunLookup(client, client.get_experiment_by_name("spooled").experiment_id)
+        children = lookup.children()
+        ids = [c.data.tags["autoprune.trial_id"] for c in children]
+        assert len(ids) == 3 == len(set(ids)), ids
+        for child in children:
+            assert child.data.tags["autoprune.status"] == "completed"
+            for key in ("accuracy", "macs"):
+                steps = sorted(m.step for m in client.get_metric_history(child.info.run_id, key))
+                assert steps == [1, 2, 3, 4, 4], (key, steps)  # every epoch once, plus final
+        assert not spool.exists()  # everything was sent
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
         assert procs.stop_all() == []
 
 

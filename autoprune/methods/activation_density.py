@@ -38,10 +38,10 @@ import torch
 from torch import nn
 from torch_pruning import ops
 
-from autoprune.config import check_range
 from autoprune.methods.base import MethodParams, PruningMethod, register_method
 from autoprune.methods.timing import epoch_field
 from autoprune.surgery import ChannelGroup
+from autoprune.validation import check_range
 
 if TYPE_CHECKING:
     from autoprune.engine.context import TrainContext

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
-from autoprune.config import check_choice, from_mapping
+from autoprune.validation import check_choice, from_mapping
 
 if TYPE_CHECKING:
     from autoprune.engine.context import TrainContext

@@ -42,12 +42,12 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from torch import nn
 
-from autoprune.config import ConfigError, check_range
 from autoprune.methods.base import MethodParams, PruningMethod, register_method
 from autoprune.methods.timing import epoch_field
 from autoprune.schedule import PruningSchedule
 from autoprune.surgery import ChannelGroup
 from autoprune.surgery.grow import check_growable
+from autoprune.validation import ConfigError, check_range
 
 if TYPE_CHECKING:
     from autoprune.engine.context import TrainContext

@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
-from autoprune.config import ConfigError, check_range
 from autoprune.methods.base import MethodParams, PruningMethod, register_method
 from autoprune.methods.criteria import (
     ActivationMeter,
@@ -31,6 +30,7 @@ from autoprune.methods.criteria import (
 )
 from autoprune.methods.timing import epoch_field
 from autoprune.schedule import PruningSchedule
+from autoprune.validation import ConfigError, check_range
 
 if TYPE_CHECKING:
     from autoprune.engine.context import TrainContext

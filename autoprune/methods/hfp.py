@@ -52,7 +52,6 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from autoprune.config import check_range
 from autoprune.methods._budget_cut import (
     Ratios,
     as_plan,
@@ -73,6 +72,7 @@ from autoprune.methods._gates import (
 from autoprune.methods.base import MethodParams, PruningMethod, register_method
 from autoprune.methods.timing import epoch_field
 from autoprune.surgery import ChannelGroup
+from autoprune.validation import check_range
 
 if TYPE_CHECKING:
     from autoprune.engine.context import TrainContext

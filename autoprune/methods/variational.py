@@ -58,7 +58,6 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from torch import nn
 
-from autoprune.config import ConfigError, check_range
 from autoprune.methods._bernoulli import FIXED, LAYER, UNIT, BernoulliGates
 from autoprune.methods._branches import branch_tails, identity_blocks
 from autoprune.methods._costmodel import CostModel, build_cost_model
@@ -74,6 +73,7 @@ from autoprune.methods._gates import (
 )
 from autoprune.methods.base import MethodParams, PruningMethod, register_method
 from autoprune.methods.timing import epoch_field
+from autoprune.validation import ConfigError, check_range
 
 if TYPE_CHECKING:
     from autoprune.engine.context import TrainContext

@@ -8,18 +8,14 @@ space's fixed part to give the nested train config that ``parse_train_config`` r
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from autoprune.errors import ConfigError
+from autoprune.search.flat import SHARED_SECTIONS, flatten, train_config_dict
 
 if TYPE_CHECKING:
     import optuna
 
     from autoprune.search.space import ParamSpec, SearchSpace
-
-SHARED_SECTIONS = ("training", "dataset")
 
 
 class DefineByRun:
@@ -56,39 +52,4 @@ def suggest(trial: optuna.Trial, spec: ParamSpec) -> Any:
     return trial.suggest_float(spec.name, spec.low, spec.high, step=spec.step, log=spec.log)
 
 
-def train_config_dict(fixed: Mapping[str, Any], flat: Mapping[str, Any]) -> dict[str, Any]:
-    """Nested train config: the space's fixed part updated with one trial's flat config."""
-    config = copy.deepcopy(dict(fixed))
-    if "method" not in flat:
-        raise ConfigError("a trial config needs a 'method'")
-    method = str(flat["method"])
-    params: dict[str, Any] = {}
-    for key, value in flat.items():
-        head, _, tail = key.partition(".")
-        if key == "method":
-            continue
-        if head == method and tail:
-            params[tail] = value
-        elif head in SHARED_SECTIONS and tail:
-            section = config.get(head) or {}
-            config[head] = {**section, tail: value}
-        else:
-            raise ConfigError(f"trial config key {key!r} belongs to no section or method")
-    config["method"] = method
-    config["method_params"] = params
-    return config
-
-
-def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (MLflow params are flat)."""
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value:
-            out.update(flatten(value, f"{name}."))
-        else:
-            out[name] = value
-    return out
-
-
-__all__ = ["DefineByRun", "flatten", "suggest", "train_config_dict"]
+__all__ = ["SHARED_SECTIONS", "DefineByRun", "flatten", "suggest", "train_config_dict"]

@@ -280,7 +280,7 @@ def validate_settings(space: SearchSpace) -> None:
 
 def check_corners(space: SearchSpace) -> None:
     """Every method's low and high corner must be a valid train config (fail before Ray)."""
-    from autoprune.search.sampling import train_config_dict
+    from autoprune.search.flat import train_config_dict
 
     with _named("fixed"):
         parse_train_config({**space.fixed, "method": "dense"})

@@ -29,10 +29,20 @@ ROW_METRICS = ("accuracy", "macs", "params", "train_flops", "latency_ms", "macs_
                "epochs", "trial_train_flops")
 
 
+TRACKING_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks",
+                    "file")
+
+
 def resolve_tracking_uri(uri: str | None) -> str:
-    """``None`` -> ``sqlite:///<cwd>/runs/mlflow.db``; relative SQLite paths made absolute."""
+    """``None`` -> ``sqlite:///<cwd>/runs/mlflow.db``; relative SQLite paths made absolute.
+    A scheme MLflow cannot track to is a UserError naming the ones it can."""
     if uri is None:
         return f"sqlite:///{DEFAULT_DB.resolve()}"
+    scheme = uri.split("://", 1)[0].split("+", 1)[0].lower() if "://" in uri else ""
+    if scheme not in TRACKING_SCHEMES:
+        raise UserError(f"--tracking-uri {uri!r}: not a tracking store MLflow supports (use "
+                        "sqlite:///PATH, http(s)://HOST:PORT of an MLflow server, or a "
+                        "postgresql://, mysql:// or mssql:// database URL)")
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         return f"sqlite:///{Path(uri[len('sqlite:///'):]).resolve()}"
     return uri
