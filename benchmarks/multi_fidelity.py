@@ -134,10 +134,15 @@ def proxy_run(job: dict[str, Any]) -> dict[str, Any]:
 
     from autoprune.config import at_budget, parse_train_config
     from autoprune.engine import train
+    from autoprune.errors import ConfigError
 
     torch.set_num_threads(1)
     subset = job["train_subset"]
-    config = parse_train_config(at_budget(job["config"], PROXY_EPOCHS, subset))
+    try:
+        config = parse_train_config(at_budget(job["config"], PROXY_EPOCHS, subset))
+    except ConfigError as exc:  # more phases than 3 epochs (cgap): skipped, as moasha does
+        return {**{k: job[k] for k in ("key", "run_id", "proxy")}, "skipped": str(exc),
+                "accuracy": math.nan, "macs_ratio": math.nan, "train_flops": 0.0}
     with tempfile.TemporaryDirectory(prefix="autoprune-proxy-") as folder:
         summary = train(config, folder, progress=False, resume=False)
     return {**{k: job[k] for k in ("key", "run_id", "proxy")},
@@ -191,7 +196,8 @@ def correlations(schedules: list[dict[str, Any]], proxies: list[dict[str, Any]])
         rows = [p for p in proxies if p["proxy"] == proxy and p["run_id"] in full]
         pairs = [(full[p["run_id"]], p) for p in rows
                  if all(math.isfinite(v) for v in (p["accuracy"], p["macs_ratio"]))]
-        entry: dict[str, Any] = {"schedules": len(pairs)}
+        entry: dict[str, Any] = {"schedules": len(pairs),
+                                 "skipped": sum(1 for p in rows if p.get("skipped"))}
         for metric in ("accuracy", "macs_ratio"):
             a = [f[metric] for f, _ in pairs]
             b = [p[metric] for _, p in pairs]
@@ -303,6 +309,8 @@ def print_report(data: dict[str, Any]) -> None:
               f"seed: {shown}")
     corr = data.get("proxy_correlation")
     if corr:
+        print("\nproxies of the random searches' full-fidelity schedules (schedules with more "
+              "phases than 3 epochs, cgap's, cannot be compressed and are left out):")
         print("\n| proxy | schedules | Spearman acc | Kendall acc | Spearman MACs | "
               "proxy front on full front | HV of proxy front (replayed) / full | "
               "proxy compute / full |")
@@ -324,9 +332,17 @@ def main() -> int:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--workers", type=int, default=2, help="proxy runs at once")
     parser.add_argument("--no-proxies", action="store_true")
+    parser.add_argument("--proxies-only", action="store_true",
+                        help="only the proxy runs of finished random searches (MLflow is "
+                             "read, not written: safe beside a running benchmark)")
     args = parser.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
+    if args.proxies_only:
+        schedules = full_schedules(args.seeds)
+        proxies = run_proxies(schedules, args.workers)
+        print(f"{len(proxies)} proxy runs in {WORK / 'proxies.json'}")
+        return 0
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     walls: dict[str, float] = {}
     for seed in args.seeds:

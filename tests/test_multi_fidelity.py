@@ -86,12 +86,15 @@ def test_nondominated_ranks_and_crowding() -> None:
     assert crowd[0] == crowd[1] == math.inf and 0 < crowd[2] < math.inf
 
 
-def test_priority_orders_by_rank_then_crowding() -> None:
-    # one front of four: the two ends are kept first, then the more isolated middle point
+def test_priority_is_one_strict_order_by_rank_then_crowding() -> None:
+    # one front of four: the two ends first (the more accurate one leads), then the more
+    # isolated of the two middle points (the fourth); the dominated point last
     points = [(0.9, 10.0), (0.6, 1.0), (0.85, 8.0), (0.84, 7.9), (0.5, 20.0)]
-    place = priority_positions(points, MODES)
-    assert place[0] == place[1] == 0 and place[4] == 4
-    assert {place[2], place[3]} == {2, 3}
+    assert priority_positions(points, MODES) == [0, 1, 3, 2, 4]
+    crowd = crowding_distances(points[:4])
+    assert crowd[3] > crowd[2]
+    # identical points: the earlier one keeps the better place
+    assert priority_positions([(0.8, 5.0), (0.8, 5.0)], MODES) == [0, 1]
 
 
 # --- promotion ----------------------------------------------------------------------------
@@ -103,6 +106,8 @@ def test_first_result_is_promoted_then_only_the_top_third() -> None:
     assert not records.decide("b", 0, [0.70, 20.0])      # dominated by a: place 1 of 2
     assert records.decide("c", 0, [0.90, 5.0])           # dominates both
     assert not records.decide("d", 0, [0.75, 15.0])      # rank 1 behind a and c
+    assert records.decide("g", 0, [0.60, 1.0])           # the front's other end: 2nd of 5
+    assert not records.decide("h", 0, [0.61, 2.0])  # on the front between its ends: 3rd of 6
     assert records.decide("e", 1, [0.5, 50.0])           # rungs are compared separately
     assert not records.decide("f", 0, [math.nan, 1.0])   # a failed rung never goes on
     assert records.decide("a", 0, [0.0, 99.0])           # the first decision stands

@@ -8,10 +8,12 @@ would not be: halfway through a pruning schedule the network is still dense, or 
 growing, and its MACs say nothing about where the schedule ends.)
 
 When a trial reports the end of a lower rung, it is compared with every result recorded
-at that rung so far, asynchronously as in ASHA: all points are ordered by non-dominated
-rank on the search objectives, ties broken by crowding distance (NSGA-II's order), and
-the trial continues to the next rung only if its place is within the top
-``ceil(n / reduction_factor)`` of the ``n`` results. Otherwise the TrialScheduler stops
+at that rung so far, asynchronously as in ASHA: all points are put in one strict order
+by non-dominated rank on the search objectives, then crowding distance (NSGA-II's
+order; of a front's two infinitely crowded ends, the one better in the first objective
+first), then arrival (an earlier result keeps its place), and the trial continues to the
+next rung only if its place is within the top ``ceil(n / reduction_factor)`` of the
+``n`` results. Otherwise the TrialScheduler stops
 it; the searcher tells Optuna such a trial as *pruned* (never as a complete result) and
 MLflow records it with ``autoprune.status=pruned`` and the epochs of its rung.
 

@@ -71,8 +71,11 @@ def crowding_distances(points: Sequence[Sequence[float]]) -> list[float]:
 
 
 def priority_positions(points: Sequence[Sequence[float]], modes: Sequence[str]) -> list[int]:
-    """Each point's place (0 = best) when ordered by non-dominated rank, then by crowding
-    distance (larger first). Tied points share the better place."""
+    """Each point's place (0 = best) in one strict order: by non-dominated rank, then by
+    crowding distance (larger first), then by the first objective (better first: of the
+    two ends of a front, both infinitely crowded, the one best in the first objective
+    leads), then by index (the earlier point first). No two points share a place, so at
+    most the top ``k`` places are ever promoted."""
     ranks = nondominated_ranks(points, modes)
     crowding = [0.0] * len(points)
     for level in set(ranks):
@@ -80,9 +83,17 @@ def priority_positions(points: Sequence[Sequence[float]], modes: Sequence[str]) 
         if all(all(math.isfinite(v) for v in points[i]) for i in members):
             for i, d in zip(members, crowding_distances([points[i] for i in members])):
                 crowding[i] = d
-    keys = [(ranks[i], -crowding[i]) for i in range(len(points))]
-    ordered = sorted(keys)
-    return [ordered.index(key) for key in keys]
+    sign = 1.0 if modes[0] == "max" else -1.0
+
+    def key(i: int) -> tuple[int, float, float, int]:
+        first = points[i][0] if math.isfinite(points[i][0]) else -math.inf * sign
+        return (ranks[i], -crowding[i], -sign * first, i)
+
+    order = sorted(range(len(points)), key=key)
+    places = [0] * len(points)
+    for place, i in enumerate(order):
+        places[i] = place
+    return places
 
 
 def hypervolume_2d(
