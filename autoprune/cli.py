@@ -40,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train one model while pruning it, as a config says")
     p.add_argument("config", help="train config YAML (model, dataset, training, method, ...)")
-    p.add_argument("--out", help="output folder (default: runs/train/<config name>)")
+    p.add_argument("--out", help="output folder (default: runs/train/<config name>, plus "
+                                 "-<N>ep / -<N>n with --epochs / --train-subset)")
     p.add_argument("--fresh", action="store_true",
                    help="ignore a checkpoint in --out and start from scratch")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -68,7 +69,9 @@ def _train(args: argparse.Namespace) -> int:
 
     config = parse_train_config(at_budget(load_yaml(args.config), args.epochs,
                                           args.train_subset))
-    out = Path(args.out) if args.out else Path("runs/train") / Path(args.config).stem
+    budget = (f"-{args.epochs}ep" if args.epochs else "") + (
+        f"-{args.train_subset}n" if args.train_subset else "")
+    out = Path(args.out) if args.out else Path("runs/train") / (Path(args.config).stem + budget)
     try:
         summary = train(config, out, progress=not args.quiet, resume=not args.fresh)
     except TrainingDiverged as exc:

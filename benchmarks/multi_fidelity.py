@@ -82,6 +82,8 @@ def run_search(setting: str, seed: int) -> float:
             "--seed", str(seed), "--num-samples", str(spec["trials"]),
             "--tracking-uri", uri(), "--storage-path", str(storage)]
     if tune.Tuner.can_restore(str(storage / name)):
+        if finished(name):
+            return 0.0
         args.append("--resume")
     start = time.perf_counter()
     log = WORK / f"{name}.log"
@@ -90,6 +92,18 @@ def run_search(setting: str, seed: int) -> float:
     if code != 0:
         raise RuntimeError(f"{name}: autoprune search exited with {code} (see {log})")
     return time.perf_counter() - start
+
+
+def finished(name: str) -> bool:
+    """Whether MLflow holds search ``name`` as completed (nothing left to run)."""
+    from autoprune.errors import UserError
+    from autoprune.search.store import load_search
+
+    try:
+        parent = load_search(uri(), name).parent
+    except UserError:
+        return False
+    return parent.data.tags.get("autoprune.search_status") == "completed"
 
 
 def trajectory(setting: str, seed: int) -> dict[str, Any]:

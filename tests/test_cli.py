@@ -161,3 +161,14 @@ def test_a_budget_too_small_for_the_schedule_is_one_line(tmp_path, capsys) -> No
     assert main(["train", str(config), "--epochs", "0"]) == 2
     assert "positive integer" in capsys.readouterr().err
     assert not (tmp_path / "o" / "checkpoint.pt").exists()
+
+
+def test_a_checkpoint_resumes_only_the_run_that_wrote_it(tmp_path, capsys) -> None:
+    config = write(tmp_path, GOOD)
+    out = str(tmp_path / "o")
+    assert main(["train", str(config), "--out", out, "--quiet"]) == 0
+    assert main(["train", str(config), "--out", out, "--quiet", "--epochs", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "checkpoint of another run (training.epochs: 2 -> 3)" in err and "--fresh" in err
+    assert main(["train", str(config), "--out", out, "--quiet", "--epochs", "3",
+                 "--fresh"]) == 0

@@ -62,11 +62,14 @@ def test_filter_run_cuts_compute(filter_run) -> None:
     assert s["accuracy"] > 0.5  # it still learns (10 classes: chance is 0.1)
 
 
-def test_epoch_time_falls_as_the_network_shrinks(filter_run) -> None:
+def test_epoch_compute_falls_as_the_network_shrinks(filter_run) -> None:
+    """Counted, not timed (wall time on a shared machine says little: the speed-up is
+    measured as ratios in benchmarks/pruned_training_speed.py)."""
     _, s = filter_run
-    times = [e["time_s"] for e in s["epochs"]]
-    dense, pruned = times[:2], times[3:]  # epochs 1-2 dense; pruned to 0.8 after epoch 3
-    assert statistics.mean(pruned) < 0.8 * statistics.mean(dense), times
+    cumulative = [0.0] + [e["train_flops"] for e in s["epochs"]]
+    per_epoch = [b - a for a, b in zip(cumulative, cumulative[1:])]
+    dense, pruned = per_epoch[:2], per_epoch[3:]  # epochs 1-2 dense; pruned to 0.8 after 3
+    assert statistics.mean(pruned) < 0.8 * statistics.mean(dense), per_epoch
 
 
 def test_final_model_reloads_and_runs(filter_run) -> None:

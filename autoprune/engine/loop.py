@@ -101,7 +101,9 @@ def train(
     start_epoch = 0
     ckpt_path = out / CHECKPOINT
     if resume and ckpt_path.is_file():
-        state = restore(load_checkpoint(ckpt_path), ctx, method)
+        checkpoint = load_checkpoint(ckpt_path)
+        _check_same_run(checkpoint["progress"].get("config"), config, ckpt_path)
+        state = restore(checkpoint, ctx, method)
         start_epoch, history, train_flops = state["epoch"], state["history"], state["train_flops"]
         ctx.extra_flops = state["extra_flops"]
     ctx.changed = False  # set-up and restore start from fresh statistics
@@ -131,7 +133,7 @@ def train(
         history.append(record)
         progress_state = {
             "epoch": ctx.epoch, "history": history, "train_flops": train_flops,
-            "extra_flops": ctx.extra_flops,
+            "extra_flops": ctx.extra_flops, "config": json.dumps(config.to_dict()),
         }
         save_checkpoint(ckpt_path, ctx, method, progress_state)
         if on_epoch is not None:
@@ -201,6 +203,24 @@ def _train_epoch(
             batches.set_postfix(loss=f"{loss.item():.3f}", macs=f"{ctx.macs / 1e6:.2f}M")
     _check_finite(loss_sum, ctx)
     return loss_sum.item(), seen
+
+
+def _check_same_run(stored: str | None, config: TrainConfig, path: Path) -> None:
+    """A checkpoint resumes only the run that wrote it (same config, e.g. same epochs)."""
+    if stored is None:  # written before checkpoints recorded their config
+        return
+    before, now = json.loads(stored), json.loads(json.dumps(config.to_dict()))
+    if before == now:
+        return
+    changed = [k for k in sorted(set(before) | set(now)) if before.get(k) != now.get(k)]
+    detail = changed[0]
+    if isinstance(before.get(detail), dict) and isinstance(now.get(detail), dict):
+        keys = sorted(set(before[detail]) | set(now[detail]))
+        inner = [k for k in keys if before[detail].get(k) != now[detail].get(k)]
+        detail = f"{detail}.{inner[0]}: {before[detail].get(inner[0])!r} -> " \
+                 f"{now[detail].get(inner[0])!r}" if inner else detail
+    raise UserError(f"{path} is the checkpoint of another run ({detail}); pass --fresh to "
+                    "start over, or another --out")
 
 
 def _refresh_after_change(ctx: TrainContext, batches: int) -> None:
