@@ -165,7 +165,9 @@ def test_moasha_search_resumes_after_its_driver_is_killed(ray_session: None,
         shutil.rmtree(ray_tmp, ignore_errors=True)
     _, children, _ = runs_of(tmp_path, "r")
     ids = [c.data.tags["autoprune.trial_id"] for c in children]
-    assert len(ids) == len(set(ids)) == samples
+    assert len(ids) == len(set(ids)), "a trial has two child runs"
     status = [c.data.tags["autoprune.status"] for c in children]
+    # every planned trial ended once; a trial started in the last second before the kill,
+    # which Ray's saved state does not know, is marked stopped (and replaced)
+    assert status.count("completed") + status.count("pruned") == samples, status
     assert set(status) <= {"completed", "pruned", "stopped"} and "completed" in status
-    assert status.count("completed") + status.count("pruned") >= samples - 1
