@@ -101,9 +101,22 @@ def _positive_int(text: str) -> int:
 
 @command("models")
 def _models(args: argparse.Namespace) -> int:
-    from autoprune.models import list_models
+    from autoprune.models import list_models, model_info
 
-    print("\n".join(list_models(args.pattern)))
+    names = list_models(args.pattern)
+    if not names:
+        raise UserError(f"no registered model matches {args.pattern!r}; see 'autoprune models'")
+    width = max(len(n) for n in names)
+    print(f"{'model':{width}}  {'prune grow layers':17}  description")
+    for name in names:
+        info = model_info(name)
+        marks = " ".join(
+            f"{'yes' if kind in info.supports else '-':{len(kind)}}"
+            for kind in ("prune", "grow", "layers")
+        )
+        print(f"{name:{width}}  {marks:17}  {info.description}")
+    print("prune: every method but dense; grow: cgap; layers: variational removes residual "
+          "branches (without it variational prunes channels only)")
     return 0
 
 

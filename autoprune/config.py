@@ -117,7 +117,7 @@ class TrainConfig:
 def parse_train_config(data: Any) -> TrainConfig:
     """Validate a nested mapping (from YAML or a search trial) into a :class:`TrainConfig`."""
     from autoprune.methods import get_method
-    from autoprune.models import list_models
+    from autoprune.models import list_models, model_info
 
     if not isinstance(data, Mapping):
         raise ConfigError("a train config must be a mapping (keys model, dataset, training, ...)")
@@ -131,6 +131,7 @@ def parse_train_config(data: Any) -> TrainConfig:
     config.dataset.validate()
     config.training.validate()
     method = get_method(config.method)
+    _check_support(config.model, model_info(config.model).supports, config.method, method.requires)
     reference = config.training.reference_epochs
     params = method.parse_params(config.method_params, reference)
     config = dataclasses.replace(config, method_params=dataclasses.asdict(params))
@@ -214,3 +215,24 @@ def replayable(data: Mapping[str, Any]) -> dict[str, Any]:
     training["schedule_epochs"] = training.get("schedule_epochs") or training.get("epochs")
     out["training"] = training
     return out
+
+
+_SUPPORT_WORDS = {
+    "prune": ("have its channels removed", "its channels cannot be followed for pruning"),
+    "grow": ("grow channels", "a concatenation, a flatten into the classifier, grouped "
+             "convolutions or LayerNorm stand in the way"),
+    "layers": ("lose residual blocks", "no residual block with an identity shortcut"),
+}
+
+
+def _check_support(
+    model: str, supports: tuple[str, ...], method: str, requires: tuple[str, ...]
+) -> None:
+    """ConfigError unless the model allows every structural change the method makes."""
+    for kind in requires:
+        if kind not in supports:
+            action, why = _SUPPORT_WORDS[kind]
+            raise ConfigError(
+                f"method {method!r} needs a model that can {action}; model {model!r} cannot "
+                f"({why}; 'autoprune models' marks what each model allows)"
+            )

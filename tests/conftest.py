@@ -9,6 +9,17 @@ import pytest
 import torch
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under ``pytest -n 2 --dist loadgroup`` (``make test``) every end-to-end test (marker
+    ``slow``: real Ray, MLflow servers, subprocess searches) runs on one worker, in file
+    order, as without xdist; the fast unit tests fill the other worker. Two Ray sessions at
+    once on a 2-core machine would only slow each other down and blur their timeouts."""
+    for item in items:
+        if item.get_closest_marker("slow") is not None:
+            item.add_marker(pytest.mark.xdist_group("end_to_end"))
+
+
 @pytest.fixture(autouse=True)
 def one_torch_thread():
     """Tiny models run fastest, and most repeatably, on one thread; on a shared 2-core

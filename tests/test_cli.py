@@ -43,11 +43,19 @@ def with_(path: str, value: object) -> dict:
 
 def test_listing_commands(capsys) -> None:
     assert main(["models", "cifar_resnet*"]) == 0
-    assert capsys.readouterr().out.split() == [
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:4] == ["model", "prune", "grow", "layers"]
+    assert [line.split()[0] for line in lines[1:-1]] == [
         "cifar_resnet110", "cifar_resnet20", "cifar_resnet32", "cifar_resnet56"]
+    assert all(line.split()[1:4] == ["yes", "yes", "yes"] for line in lines[1:-1])
     assert main(["models"]) == 0
-    names = capsys.readouterr().out.split()
-    assert {"resnet18", "mobilenet_v2", "densenet121", "small_cnn"} <= set(names)
+    rows = {line.split()[0]: line.split()[1:4] for line in capsys.readouterr().out.splitlines()}
+    assert {"resnet18", "mobilenet_v2", "densenet121", "small_cnn"} <= set(rows)
+    assert rows["densenet121"] == ["yes", "-", "-"]  # concatenations: prune only
+    assert rows["resnext50_32x4d"] == ["yes", "-", "yes"]  # grouped convs do not grow
+    assert rows["shufflenet_v2_x0_5"] == ["-", "-", "-"]  # trains dense only
+    assert main(["models", "nothing_like_this*"]) == 2
+    assert "no registered model matches" in capsys.readouterr().err
     assert main(["methods"]) == 0
     assert "filter: criterion='l1'" in capsys.readouterr().out
     assert main(["datasets"]) == 0

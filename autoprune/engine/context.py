@@ -13,6 +13,7 @@ from autoprune.surgery import (
     ChannelGroup,
     DependencyIndex,
     ParamRemap,
+    UnprunableModelError,
     remove_channels,
     removed_identity,
 )
@@ -51,16 +52,27 @@ class TrainContext:
         self.macs = self.params = 0
         self.cost = StepCost(0.0, 0.0)
         self._index: DependencyIndex | None = None
+        self._unprunable: UnprunableModelError | None = None
         self.changed = False
         """Set by every structural change; the engine clears it after recalibrating."""
         self.recount()
-        self.dense_widths: dict[str, int] = self.widths()
-        """Channel-group widths of the full architecture, before any method touched it."""
+        try:
+            self.dense_widths: dict[str, int] = self.widths()
+            """Channel-group widths of the full architecture, before any method touched it."""
+        except UnprunableModelError as error:  # fine for dense training; raised on use
+            self._unprunable, self.dense_widths = error, {}
 
     # --- reading the network -----------------------------------------------------------
 
+    @property
+    def prunable(self) -> bool:
+        """Whether the network's channels can be followed (else only dense training)."""
+        return self._unprunable is None
+
     def index(self) -> DependencyIndex:
         """Dependency graph and channel groups of the current network (cached)."""
+        if self._unprunable is not None:
+            raise self._unprunable
         if self._index is None:
             self._index = DependencyIndex(self.model, self.example_input)
         return self._index

@@ -92,6 +92,8 @@ def train(
 
     method_params, rescaled = config.schedule()
     method = create_method(config.method, method_params, tc.epochs)
+    if method.requires:
+        ctx.index()  # a network whose channels cannot be followed is refused before training
     method.setup(ctx)
     groups = getattr(method, "param_groups", lambda m: None)(ctx.model)
     ctx.optimizer = build_optimizer(groups or [{"params": list(ctx.model.parameters())}], tc)
@@ -156,7 +158,7 @@ def train(
         "train_flops_ratio": total_flops / dense_flops,
         "wall_time_s": time.perf_counter() - wall0,
         "latency_ms": measure_latency_ms(ctx.model, ctx.example_input),
-        "widths": ctx.widths(),
+        "widths": ctx.widths() if ctx.prunable else {},
         "final": final_event,
         "epochs": history,
         "config": config.to_dict(),

@@ -43,6 +43,10 @@ class PruningMethod:
 
     name: ClassVar[str] = ""
     Params: ClassVar[type[MethodParams]] = MethodParams
+    requires: ClassVar[tuple[str, ...]] = ("prune",)
+    """Structural changes the method makes (of ``ModelInfo.supports``): a config pairing it
+    with a model that does not allow them is refused, and the engine checks the network
+    itself before the first epoch."""
 
     def __init__(self, params: MethodParams) -> None:
         self.params = params

@@ -183,6 +183,7 @@ class CGaP(PruningMethod):
     """Seed, grow the salient filters, prune the least salient ones."""
 
     name = "cgap"
+    requires = ("prune", "grow")
     Params = CGaPParams
     params: CGaPParams
 

@@ -44,6 +44,7 @@ class Dense(PruningMethod):
     """The same architecture and recipe, nothing removed: the reference of every ratio."""
 
     name = "dense"
+    requires = ()
 
 
 @dataclass(frozen=True)

@@ -42,14 +42,25 @@ class ModelInfo:
     family: str
     min_input_size: int
     description: str
+    supports: tuple[str, ...] = ("prune", "grow")
+    """Structural changes the model allows, a subset of ``("prune", "grow", "layers")``:
+    channel removal, channel growth (cgap), removal of residual branches (variational).
+    Measured on the network (``autoprune.methods.support``); the model tests check it."""
 
 
 _INFOS: dict[str, ModelInfo] = {}
 _BUILDERS: dict[str, Builder] = {}
 
 
+SUPPORT_KINDS: tuple[str, ...] = ("prune", "grow", "layers")
+
+
 def register_model(
-    name: str, family: str, min_input_size: int = 8, description: str = ""
+    name: str,
+    family: str,
+    min_input_size: int = 8,
+    description: str = "",
+    supports: tuple[str, ...] = ("prune", "grow"),
 ) -> Callable[[B], B]:
     """Decorator registering ``builder`` under ``name``; returns the builder unchanged.
 
@@ -60,13 +71,16 @@ def register_model(
         raise ValueError(f"unknown model family {family!r}; expected one of {FAMILIES}")
     if min_input_size < 1:
         raise ValueError(f"min_input_size must be >= 1, got {min_input_size}")
+    if not set(supports) <= set(SUPPORT_KINDS):
+        raise ValueError(f"supports must be a subset of {SUPPORT_KINDS}, got {supports}")
 
     def decorator(builder: B) -> B:
         if name in _INFOS:
             raise ValueError(f"model {name!r} is already registered")
         doc = (builder.__doc__ or "").strip().splitlines()
         text = description or (doc[0] if doc else name)
-        _INFOS[name] = ModelInfo(name, family, min_input_size, text)
+        kinds = tuple(k for k in SUPPORT_KINDS if k in supports)
+        _INFOS[name] = ModelInfo(name, family, min_input_size, text, kinds)
         _BUILDERS[name] = builder
         return builder
 

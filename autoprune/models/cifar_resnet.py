@@ -104,25 +104,37 @@ def _make(
     return CifarResNet((n, n, n), num_classes, in_channels)
 
 
-@register_model("cifar_resnet20", "cifar_resnet", description="CIFAR ResNet-20 (3 blocks/stage)")
+_ALL = ("prune", "grow", "layers")
+
+
+@register_model(
+    "cifar_resnet20", "cifar_resnet", description="CIFAR ResNet-20 (3 blocks/stage)", supports=_ALL
+)
 def cifar_resnet20(num_classes: int, in_channels: int, input_size: int, **kw: Any) -> nn.Module:
     """CIFAR ResNet-20: 3 BasicBlocks per stage, ~0.27M parameters."""
     return _make("cifar_resnet20", 3, num_classes, in_channels, kw)
 
 
-@register_model("cifar_resnet32", "cifar_resnet", description="CIFAR ResNet-32 (5 blocks/stage)")
+@register_model(
+    "cifar_resnet32", "cifar_resnet", description="CIFAR ResNet-32 (5 blocks/stage)", supports=_ALL
+)
 def cifar_resnet32(num_classes: int, in_channels: int, input_size: int, **kw: Any) -> nn.Module:
     """CIFAR ResNet-32: 5 BasicBlocks per stage, ~0.47M parameters."""
     return _make("cifar_resnet32", 5, num_classes, in_channels, kw)
 
 
-@register_model("cifar_resnet56", "cifar_resnet", description="CIFAR ResNet-56 (9 blocks/stage)")
+@register_model(
+    "cifar_resnet56", "cifar_resnet", description="CIFAR ResNet-56 (9 blocks/stage)", supports=_ALL
+)
 def cifar_resnet56(num_classes: int, in_channels: int, input_size: int, **kw: Any) -> nn.Module:
     """CIFAR ResNet-56: 9 BasicBlocks per stage, ~0.86M parameters."""
     return _make("cifar_resnet56", 9, num_classes, in_channels, kw)
 
 
-@register_model("cifar_resnet110", "cifar_resnet", description="CIFAR ResNet-110 (18 blocks/stage)")
+@register_model(
+    "cifar_resnet110", "cifar_resnet", description="CIFAR ResNet-110 (18 blocks/stage)",
+    supports=_ALL,
+)
 def cifar_resnet110(num_classes: int, in_channels: int, input_size: int, **kw: Any) -> nn.Module:
     """CIFAR ResNet-110: 18 BasicBlocks per stage, ~1.7M parameters."""
     return _make("cifar_resnet110", 18, num_classes, in_channels, kw)

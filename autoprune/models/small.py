@@ -123,14 +123,20 @@ def small_cnn(num_classes: int, in_channels: int, input_size: int, **kw: Any) ->
     return SmallCNN(num_classes, in_channels, input_size)
 
 
-@register_model("small_resnet", "small", description="CIFAR ResNet-8 (1 block/stage, 16/32/64)")
+@register_model(
+    "small_resnet", "small", description="CIFAR ResNet-8 (1 block/stage, 16/32/64)",
+    supports=("prune", "grow", "layers"),
+)
 def small_resnet(num_classes: int, in_channels: int, input_size: int, **kw: Any) -> nn.Module:
     """CIFAR ResNet with one BasicBlock per stage (depth 8), ~80K parameters."""
     reject_kwargs("small_resnet", kw)
     return CifarResNet((1, 1, 1), num_classes, in_channels)
 
 
-@register_model("small_mobilenet", "small", description="MobileNetV2-style net, 4 IR blocks")
+@register_model(
+    "small_mobilenet", "small", description="MobileNetV2-style net, 4 IR blocks",
+    supports=("prune", "grow", "layers"),
+)
 def small_mobilenet(num_classes: int, in_channels: int, input_size: int, **kw: Any) -> nn.Module:
     """Small MobileNetV2-style network with depthwise convs and ReLU6."""
     reject_kwargs("small_mobilenet", kw)

@@ -41,11 +41,36 @@ _MIN_INPUT_SIZE: dict[str, int] = {
 }
 _DEFAULT_MIN_INPUT_SIZE = 8
 
-# Known pruning caveats (Torch-Pruning 1.6.0), by name prefix; appended to the description.
+# Known pruning caveats (Torch-Pruning 1.6.1), by name prefix; appended to the description.
 _NOTES: dict[str, str] = {
-    "shufflenet_v2": "; Torch-Pruning cannot trace it (channel-shuffle reshape)",
-    "squeezenet": "; its classifier is a Conv2d (classifier.1): exclude it from pruning",
+    "shufflenet_v2": "; trains dense only: its channel shuffle cannot be followed for pruning",
+    "regnet_": "; grouped convs lose the same channels in every group",
+    "resnext": "; grouped convs lose the same channels in every group",
+    "convnext_": "; LayerNorm over channels: pruning changes its statistics",
 }
+
+# Structural changes each model allows (see ModelInfo.supports), by name prefix, measured
+# with autoprune.methods.support on every model (torchvision 0.29, Torch-Pruning 1.6.1);
+# tests/test_models.py measures it again on every model it can build. Why not: a flatten
+# of a 7x7 map into the classifier (alexnet, vgg) or a concatenation (densenet, googlenet,
+# inception, squeezenet) cannot grow, nor can grouped convs (regnet, resnext) or LayerNorm
+# (convnext); regnet's, efficientnet's, mnasnet's and convnext's residual blocks are not
+# recognised as removable.
+_SUPPORTS: dict[str, tuple[str, ...]] = {
+    "alexnet": ("prune",),
+    "convnext_": ("prune",),
+    "densenet": ("prune",),
+    "googlenet": ("prune",),
+    "inception_v3": ("prune",),
+    "regnet_": ("prune",),
+    "resnext": ("prune", "layers"),
+    "shufflenet_v2": (),
+    "squeezenet": ("prune",),
+    "vgg": ("prune",),
+    "efficientnet_": ("prune", "grow"),
+    "mnasnet": ("prune", "grow"),
+}
+_DEFAULT_SUPPORTS = ("prune", "grow", "layers")  # resnet*, wide_resnet*, mobilenet_*
 
 # Builder options that autoprune sets itself.
 _EXTRA_KWARGS: dict[str, dict[str, Any]] = {
@@ -121,4 +146,5 @@ for _name in TORCHVISION_MODELS:
         min_input_size=_by_prefix(_MIN_INPUT_SIZE, _name, _DEFAULT_MIN_INPUT_SIZE),
         description=f"torchvision {_name} (weights=None; first conv adapted to in_channels)"
         + _by_prefix(_NOTES, _name, ""),
+        supports=_by_prefix(_SUPPORTS, _name, _DEFAULT_SUPPORTS),
     )(_make_builder(_name))

@@ -1,6 +1,11 @@
 """Structural surgery: physical removal (and growth) of channels on dependency groups."""
 
-from autoprune.surgery.graph import ChannelGroup, DependencyIndex, find_classifier
+from autoprune.surgery.graph import (
+    ChannelGroup,
+    DependencyIndex,
+    UnprunableModelError,
+    find_classifier,
+)
 from autoprune.surgery.optimizer_state import ParamRemap, gather_flat
 from autoprune.surgery.remove import SurgeryError, remove_channels
 from autoprune.surgery.serialize import (
@@ -16,6 +21,7 @@ __all__ = [
     "DependencyIndex",
     "ParamRemap",
     "SurgeryError",
+    "UnprunableModelError",
     "architecture_spec",
     "atomic_save",
     "find_classifier",

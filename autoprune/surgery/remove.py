@@ -25,9 +25,11 @@ def remove_channels(
     """Cut channels out of the model's tensors; return how many channels were removed.
 
     ``plan`` maps a group key (see :class:`DependencyIndex`) to the indices of the
-    channels to remove. Every coupled layer shrinks with its group. Parameters are
-    replaced by smaller ones; the optimiser (if given) is rebound to them and keeps the
-    state of the surviving elements.
+    channels to remove. Every coupled layer shrinks with its group. Groups that grouped
+    convolutions split into blocks lose the same number (and, where a grouped convolution
+    consumes them, the same positions) from every block: :meth:`DependencyIndex.conform`.
+    Parameters are replaced by smaller ones; the optimiser (if given) is rebound to them and
+    keeps the state of the surviving elements.
 
     Where each surviving element came from is found by tagging: every parameter is
     temporarily filled with its own flat element indices (float64, exact up to 2**53),
@@ -35,13 +37,14 @@ def remove_channels(
     element each new one is. This holds for any layout Torch-Pruning handles (grouped and
     depthwise convolutions, concatenations, transposed weights) without re-deriving it.
     """
-    plan = {k: sorted(set(int(i) for i in v)) for k, v in plan.items() if len(v)}
-    if not plan:
-        return 0
     index = index or DependencyIndex(model, example_input)
     unknown = [k for k in plan if k not in index.groups]
     if unknown:
         raise SurgeryError(f"no prunable channel group named {unknown[0]!r}")
+    conformed = {k: index.conform(k, v) for k, v in plan.items() if len(v)}
+    plan = {k: v for k, v in conformed.items() if v}
+    if not plan:
+        return 0
     remap = ParamRemap(model)
     values = {n: p.detach().clone() for n, p in remap.before.items()}
     with torch.no_grad():
