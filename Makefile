@@ -25,7 +25,7 @@ demo: install
 # Every test, the slow end-to-end ones included (marker `slow`: real Ray, MLflow, data; a
 # two-node Ray cluster with an MLflow server and headless Chromium, tests/test_cluster_e2e.py).
 test: install system-deps
-	$(BIN)/python -m pytest -q tests -n 2 --dist loadgroup --durations=15
+	$(BIN)/python -m pytest -q tests --durations=15
 
 lint: install
 	$(BIN)/ruff check autoprune tests benchmarks

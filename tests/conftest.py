@@ -11,10 +11,9 @@ import torch
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Under ``pytest -n 2 --dist loadgroup`` (``make test``) every end-to-end test (marker
-    ``slow``: real Ray, MLflow servers, subprocess searches) runs on one worker, in file
-    order, as without xdist; the fast unit tests fill the other worker. Two Ray sessions at
-    once on a 2-core machine would only slow each other down and blur their timeouts."""
+    """Put every end-to-end test (marker ``slow``) in one xdist group, meant for
+    ``pytest -n 2 --dist loadgroup``. Not used by ``make test`` yet: under xdist 3.8 the
+    cluster tests still ran on both workers at once, so the suite runs serially."""
     for item in items:
         if item.get_closest_marker("slow") is not None:
             item.add_marker(pytest.mark.xdist_group("end_to_end"))
