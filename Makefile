@@ -23,9 +23,10 @@ demo: install
 	$(BIN)/python -m autoprune.demo
 
 # Every test, the slow end-to-end ones included (marker `slow`: real Ray, MLflow, data; a
-# two-node Ray cluster with an MLflow server and headless Chromium, tests/test_cluster_e2e.py).
+# two-node Ray cluster with an MLflow server and headless Chromium, tests/test_cluster_e2e.py),
+# on two workers, each test module on one of them (its Ray or MLflow server starts once).
 test: install system-deps
-	$(BIN)/python -m pytest -q tests --durations=15
+	$(BIN)/python -m pytest -q -n 2 --dist loadscope tests --durations=15
 
 lint: install
 	$(BIN)/ruff check autoprune tests benchmarks

@@ -68,23 +68,44 @@ def _cross_entropy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.
 
 
 def measure_latency_ms(
-    model: nn.Module, example_input: torch.Tensor, repeats: int = 30, warmup: int = 5
+    model: nn.Module, example_input: torch.Tensor, repeats: int = 30, warmup: int = 5,
+    batch_size: int = 1,
 ) -> float:
-    """Median wall time of one inference forward pass on ``example_input`` (batch 1)."""
-    x = example_input[:1]
+    """Median wall time (ms) of one inference forward pass in eval mode on a batch of
+    ``batch_size`` (rows of ``example_input``, repeated as needed), after ``warmup``
+    passes, on torch's current thread count (the caller states it)."""
+    x = batch_of(example_input, batch_size)
     was_training = model.training
     model.eval()
-    times = []
     with torch.inference_mode():
-        for i in range(warmup + repeats):
-            _sync(x.device)
-            t0 = time.perf_counter()
-            model(x)
-            _sync(x.device)
-            if i >= warmup:
-                times.append(time.perf_counter() - t0)
+        ms = median_ms(lambda: model(x), repeats, warmup, x.device)
     model.train(was_training)
+    return ms
+
+
+def median_ms(call: Callable[[], object], repeats: int = 30, warmup: int = 5,
+              device: torch.device | None = None) -> float:
+    """Median wall time of ``call()`` in milliseconds: ``warmup`` calls first, then
+    ``repeats`` timed ones. The one latency protocol of autoprune (objective, export)."""
+    times = []
+    for i in range(warmup + repeats):
+        if device is not None:
+            _sync(device)
+        t0 = time.perf_counter()
+        call()
+        if device is not None:
+            _sync(device)
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
     return statistics.median(times) * 1e3
+
+
+def batch_of(x: torch.Tensor, size: int) -> torch.Tensor:
+    """``size`` rows from ``x``, cycling through them when ``x`` has fewer."""
+    if len(x) >= size:
+        return x[:size].contiguous()
+    reps = -(-size // len(x))
+    return x.repeat(reps, *([1] * (x.dim() - 1)))[:size].contiguous()
 
 
 def _sync(device: torch.device) -> None:

@@ -158,6 +158,7 @@ class TrackingCallback(Callback):
             self._trials[trial.trial_id] = TrialLog.open(
                 self.client, self.experiment_id, self.parent_id, trial.trial_id,
                 dict(trial.config), self.fixed)
+            self._trials[trial.trial_id].tracking_uri = self.uri
         return self._trials[trial.trial_id]
 
     def _parent_run(self) -> str:

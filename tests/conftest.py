@@ -9,14 +9,19 @@ import pytest
 import torch
 
 
-@pytest.hookimpl(tryfirst=True)
+# The longest modules first: ``make test`` runs ``pytest -n 2 --dist loadscope`` (each
+# module on one worker, so a module's Ray cluster or MLflow server starts once), and a long
+# module started last would run alone at the end.
+LONGEST_FIRST = ("test_faults", "test_cluster_e2e", "test_search_moasha", "test_bad_input",
+                 "test_models", "test_search_resume", "test_search_e2e", "test_faults_cluster")
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Put every end-to-end test (marker ``slow``) in one xdist group, meant for
-    ``pytest -n 2 --dist loadgroup``. Not used by ``make test`` yet: under xdist 3.8 the
-    cluster tests still ran on both workers at once, so the suite runs serially."""
-    for item in items:
-        if item.get_closest_marker("slow") is not None:
-            item.add_marker(pytest.mark.xdist_group("end_to_end"))
+    def rank(item: pytest.Item) -> int:
+        module = item.path.stem
+        return LONGEST_FIRST.index(module) if module in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: the order within a module is kept
 
 
 @pytest.fixture(autouse=True)
@@ -34,7 +39,7 @@ def ray_session() -> Iterator[None]:
     """One local Ray for a module's end-to-end searches (start-up takes 10-20 s here)."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
              logging_level=logging.ERROR)
     yield
     ray.shutdown()

@@ -143,6 +143,66 @@ def test_pareto_command_and_pick_on_the_store(search: dict[str, Any], tmp_path: 
     assert autoprune.load_model(model_path) is not None
 
 
+def test_every_completed_trial_logs_its_network_as_an_mlflow_model(
+        search: dict[str, Any], tmp_path: Path) -> None:
+    """``runs:/<id>/model`` loads with MLflow alone and computes what model.pt computes."""
+    import mlflow
+    import torch
+
+    import autoprune
+    from autoprune.deploy.mlflow_model import MODEL_ERROR_TAG, MODEL_TAG, tracking
+
+    x = torch.randn(4, 1, 8, 8)
+    for child in search["children"]:
+        run_id = child.info.run_id
+        assert MODEL_ERROR_TAG not in child.data.tags
+        assert child.data.tags[MODEL_TAG].startswith("models:/m-")
+        with tracking(search["uri"]):
+            logged = mlflow.pytorch.load_model(f"runs:/{run_id}/model")
+        own = autoprune.load_model(search["client"].download_artifacts(
+            run_id, "model.pt", str(tmp_path / run_id)))
+        with torch.no_grad():
+            assert torch.allclose(logged(x), own(x), atol=1e-5)
+
+
+def test_pick_registers_the_network_and_export_reads_the_registry(
+        search: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import mlflow
+    import torch
+
+    import autoprune
+    from autoprune.deploy.mlflow_model import tracking
+
+    uri = search["uri"]
+    assert main(["pick", "--experiment", "e2e", "--tracking-uri", uri,
+                 "--max-macs-ratio", "1.0", "--register", "e2e-model"]) == 0
+    picked = json.loads(capsys.readouterr().out)
+    registered = picked["registered"]
+    assert registered["model_uri"] == "models:/e2e-model@picked"
+    version = search["client"].get_model_version_by_alias("e2e-model", "picked")
+    assert version.run_id == picked["run_id"]
+    assert version.tags["autoprune.search"] == "e2e"
+    assert version.tags["autoprune.budget"] == "--max-macs-ratio 1"
+    assert version.tags["autoprune.objectives"] == "accuracy,macs"
+    x = torch.randn(3, 1, 8, 8)
+    with tracking(uri):
+        served = mlflow.pytorch.load_model("models:/e2e-model@picked")
+    own = autoprune.load_model(search["client"].download_artifacts(
+        picked["run_id"], "model.pt", str(tmp_path)))
+    with torch.no_grad():
+        assert torch.allclose(served(x), own(x), atol=1e-5)
+
+    out = tmp_path / "m.onnx"
+    assert main(["export", "models:/e2e-model@picked", "--tracking-uri", uri, "--out",
+                 str(out), "--repeats", "2"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["inputs"] == "64 test images of digits" and report["max_abs_diff"] < 1e-4
+    assert report["macs"] == picked["macs"] and out.is_file()
+    code = main(["export", "models:/e2e-model@nope", "--tracking-uri", uri, "--out",
+                 str(out)])
+    assert code == 2 and "nope" in capsys.readouterr().err
+
+
 def test_failing_trials_do_not_stop_the_search(ray_session: None, tmp_path: Path) -> None:
     """SGD with lr 10 and weight decay 1.0 turns the loss NaN; lr 0.05 trains."""
     import optuna

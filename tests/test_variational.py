@@ -101,7 +101,8 @@ def test_layer_pressure_removes_residual_blocks(tmp_path: Path) -> None:
 def test_no_gate_is_left(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     saved: list[nn.Module] = []
     original = loop.save_model
-    monkeypatch.setattr(loop, "save_model", lambda m, p: (saved.append(m), original(m, p)))
+    monkeypatch.setattr(loop, "save_model",
+                        lambda m, *a: (saved.append(m), original(m, *a)))
     summary = train(config("small_resnet", epochs=2, strength=1.0), tmp_path, progress=False)
     final = saved[0]
     assert not hasattr(final, GATES_ATTR)

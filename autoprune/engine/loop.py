@@ -144,7 +144,7 @@ def train(
     final_event = method.on_train_end(ctx)
     _refresh_after_change(ctx, tc.bn_recalibration_batches)
     test_accuracy, test_loss = evaluate(ctx.model, data.test)
-    save_model(ctx.model, out / "model.pt")
+    save_model(ctx.model, out / "model.pt", tuple(ctx.example_input.shape[1:]))
     total_flops = train_flops + ctx.extra_flops
     dense_flops = dense["step_flops"] * data.train.num_samples * tc.epochs
     summary = {

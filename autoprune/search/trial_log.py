@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from autoprune.search.store import METHOD, NODE_ID, PARENT, ROLE, STATUS, TRIAL_ID, RunLookup
-from autoprune.search.trainable import EPOCH_KEYS, FINAL_EXTRA_KEYS, OBJECTIVE_KEYS
+from autoprune.search.trainable import EPOCH_KEYS, FINAL_EXTRA_KEYS, MODEL_FILE, OBJECTIVE_KEYS
 
 FINAL_PROGRESS_KEYS = ("epochs", "rung", "trial_train_flops")
 
@@ -43,6 +43,8 @@ class TrialLog:
         self.node_id = ""
         self.retries = 0
         self.checkpoint: Any = None
+        self.tracking_uri = ""
+        """Where the network of a completed trial is logged as an MLflow model ('' = not)."""
         self._last_ms = 0
 
     @classmethod
@@ -107,11 +109,25 @@ class TrialLog:
             if checkpoint is not None:
                 with checkpoint.as_directory() as folder:
                     self.client.log_artifacts(self.run_id, folder)
+                    if status == "completed" and self.tracking_uri:
+                        self._log_network(Path(folder) / MODEL_FILE)
             self._end(status, "FINISHED")
         elif status == "failed":
             self._failed(str(result.get("failure", "failed")), bool(result.get("diverged")))
         else:
             self._end("stopped", "KILLED")
+
+    def _log_network(self, model_file: Path) -> None:
+        """The trial's network as the run's MLflow model. A failure (a server away, a
+        network torch.export refuses) is tagged, never fatal: ``model.pt`` is logged, and
+        ``autoprune pick --register`` logs the MLflow model from it later."""
+        from autoprune.deploy.mlflow_model import MODEL_ERROR_TAG, log_model_file
+
+        try:
+            log_model_file(self.tracking_uri, self.run_id, model_file)
+        except Exception as exc:  # noqa: BLE001 - see the docstring
+            self.client.set_tag(self.run_id, MODEL_ERROR_TAG,
+                                _last_line(f"{type(exc).__name__}: {exc}"))
 
     def retrying(self, error: str) -> None:
         """Ray will retry the trial from its last checkpoint (``max_failures``)."""

@@ -177,7 +177,9 @@ def ray_session(address: str | None) -> Iterator[None]:
             check_reachable(address)
             ray.init(address=address, **quiet)
         else:
-            ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, **quiet)
+            # "local": a new Ray of our own, even where `ray start` left a cluster running
+            ray.init(address="local", num_cpus=os.cpu_count() or 1,
+                     include_dashboard=False, **quiet)
     except ConnectionError as exc:
         raise UserError(f"cannot join the Ray cluster at {address!r}: {exc}") from None
     try:

@@ -88,10 +88,15 @@ def removed_identity() -> nn.Identity:
     return ident
 
 
-def save_model(model: nn.Module, path: str | os.PathLike[str]) -> None:
-    """Write ``model`` (any pruned or grown shape) to ``path``, atomically."""
+def save_model(model: nn.Module, path: str | os.PathLike[str],
+               input_shape: tuple[int, ...] | None = None) -> None:
+    """Write ``model`` (any pruned or grown shape) to ``path``, atomically. ``input_shape``
+    (one sample's shape, e.g. ``(1, 28, 28)``) lets exports and latency measurements
+    build inputs without the dataset."""
+    shape = input_shape or getattr(model, "autoprune_input_shape", None)
     payload = {
         "format": FORMAT,
+        "input_shape": [int(d) for d in shape] if shape else None,
         "spec": architecture_spec(model),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
@@ -109,8 +114,9 @@ def atomic_save(obj: Any, path: Path) -> None:
 def load_model(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> nn.Module:
     """Reload a model saved by autoprune, in its pruned shape, in eval mode.
 
-    The architecture is rebuilt from the model registry; nothing is unpickled but
-    tensors and plain containers.
+    ``model.autoprune_input_shape`` is one sample's shape when the file records it (files
+    written before it did: ``None``). The architecture is rebuilt from the model registry;
+    nothing is unpickled but tensors and plain containers.
     """
     from autoprune.models import create_model
 
@@ -129,4 +135,6 @@ def load_model(path: str | os.PathLike[str], map_location: str | torch.device = 
     model.autoprune_build = dict(spec["build"])  # type: ignore[assignment]
     apply_spec(model, spec, state)
     model.load_state_dict(state, strict=True)
+    shape = payload.get("input_shape")
+    model.autoprune_input_shape = tuple(shape) if shape else None  # type: ignore[assignment]
     return model.to(map_location).eval()

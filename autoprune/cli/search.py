@@ -15,7 +15,7 @@ from typing import Any
 
 from autoprune.errors import UserError
 
-SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
 
 
 def add_commands(sub: Any, command: Callable[[str], Callable[..., Any]]) -> None:
@@ -50,6 +50,10 @@ def add_commands(sub: Any, command: Callable[[str], Callable[..., Any]]) -> None
     budget.add_argument("--max-params", help="at most this many parameters (e.g. 50K)")
     budget.add_argument("--min-accuracy", type=float, help="cheapest in MACs with this accuracy")
     p.add_argument("--out", help="write the replayable train config YAML here")
+    p.add_argument("--register", metavar="NAME",
+                   help="register the picked network as a new version of MLflow model NAME")
+    p.add_argument("--alias", default="picked",
+                   help="alias set on that version (default: picked): models:/NAME@picked")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///runs/mlflow.db)")
     command("pick")(_pick)
 
@@ -151,6 +155,11 @@ def _pick(args: argparse.Namespace) -> int:
 
     budget = Budget.from_args(args.max_macs, args.max_macs_ratio, args.max_params,
                               args.min_accuracy)
+    if args.register is not None:
+        from autoprune.deploy.mlflow_model import check_name
+
+        check_name("--register", args.register)  # before anything is looked up
+        check_name("--alias", args.alias)
     record = load_search(args.tracking_uri, args.experiment)
     row = choose(record.rows, budget)
     from autoprune.config import REPLAY_NOTE, dump_yaml, replayable
@@ -163,7 +172,21 @@ def _pick(args: argparse.Namespace) -> int:
     keys = ("run_id", "trial_id", "method", "accuracy", "macs", "params", "train_flops",
             "macs_ratio", "params_ratio")
     out = {k: row.get(k) for k in keys}
-    print(json.dumps({**out, "config": config, "config_file": args.out}, indent=2))
+    registered = None
+    if args.register is not None:
+        from autoprune.deploy.mlflow_model import register
+        from autoprune.search.store import resolve_tracking_uri
+
+        tags = {"autoprune.search": args.experiment,
+                "autoprune.budget": f"{budget.flag} {budget.limit:g}",
+                "autoprune.objectives": ",".join(record.objectives),
+                "autoprune.trial_id": str(row.get("trial_id")), "autoprune.run_id": row["run_id"],
+                **{f"autoprune.{k}": f"{row[k]:.6g}" for k in ("accuracy", "macs", "macs_ratio")
+                   if isinstance(row.get(k), (int, float))}}
+        registered = register(record.lookup.client, resolve_tracking_uri(args.tracking_uri),
+                              row["run_id"], args.register, args.alias, tags)
+    print(json.dumps({**out, "config": config, "config_file": args.out,
+                      **({"registered": registered} if registered else {})}, indent=2))
     return 0
 
 

@@ -1,43 +1,17 @@
-"""Command line. Nothing else imports this module.
-
-User errors (``UserError``) end with ``error: <one line>`` and exit code 2, no traceback.
-"""
+"""Training-side commands: train, models, datasets, methods."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from autoprune.errors import UserError
 
-Handler = Callable[[argparse.Namespace], int]
-_HANDLERS: dict[str, Handler] = {}
 
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports usage errors as one line with exit code 2."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise UserError(f"{self.prog}: {message}")
-
-
-def command(name: str) -> Callable[[Handler], Handler]:
-    def register(fn: Handler) -> Handler:
-        _HANDLERS[name] = fn
-        return fn
-
-    return register
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="autoprune", description=__doc__.splitlines()[0] if __doc__ else "")
-    parser.add_argument("--version", action="version", version=_version())
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-
+def add_commands(sub: Any, command: Callable[[str], Callable[..., Any]]) -> None:
     p = sub.add_parser("train", help="train one model while pruning it, as a config says")
     p.add_argument("config", help="train config YAML (model, dataset, training, method, ...)")
     p.add_argument("--out", help="output folder (default: runs/train/<config name>, plus "
@@ -55,14 +29,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("pattern", nargs="?", help="shell-style filter, e.g. 'cifar_*'")
     sub.add_parser("datasets", help="list the registered datasets")
     sub.add_parser("methods", help="list the registered pruning methods and their parameters")
-
-    from autoprune import search_cli  # search, pareto, pick, ui (kept out of this file)
-
-    search_cli.add_commands(sub, command)
-    return parser
+    for name, handler in (("train", _train), ("models", _models), ("datasets", _datasets),
+                          ("methods", _methods)):
+        command(name)(handler)
 
 
-@command("train")
 def _train(args: argparse.Namespace) -> int:
     from autoprune.config import at_budget, load_yaml, parse_train_config
     from autoprune.engine import TrainingDiverged, train
@@ -99,7 +70,6 @@ def _positive_int(text: str) -> int:
     return value
 
 
-@command("models")
 def _models(args: argparse.Namespace) -> int:
     from autoprune.models import list_models, model_info
 
@@ -120,7 +90,6 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
-@command("datasets")
 def _datasets(args: argparse.Namespace) -> int:
     from autoprune.data import list_datasets
 
@@ -128,7 +97,6 @@ def _datasets(args: argparse.Namespace) -> int:
     return 0
 
 
-@command("methods")
 def _methods(args: argparse.Namespace) -> int:
     import dataclasses
 
@@ -142,46 +110,3 @@ def _methods(args: argparse.Namespace) -> int:
         timing = f"  [epochs: {timing}]" if timing else ""
         print(f"{name}: {params}{timing}" if params else name)
     return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        args = build_parser().parse_args(argv)
-        return _HANDLERS[args.command](args)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: rerun the same command to resume", file=sys.stderr)
-        return 130
-    except Exception as exc:
-        # MLflow refusing a store or a request (permissions, a store of another version):
-        # one line, like every user-facing error; AUTOPRUNE_DEBUG=1 shows the traceback.
-        if _from_mlflow(exc) and not os.environ.get("AUTOPRUNE_DEBUG"):
-            text = " ".join(str(exc).split()) or type(exc).__name__
-            if "Connection refused" in text or "Max retries exceeded" in text:
-                print("error: the MLflow tracking server stopped answering; what could not "
-                      "be sent waits in the spool: once the server is back, rerun the same "
-                      "command (with --resume for a search)", file=sys.stderr)
-            else:
-                print(f"error: MLflow: {text[:500]}", file=sys.stderr)
-            return 2
-        raise
-
-
-def _from_mlflow(exc: BaseException) -> bool:
-    if "mlflow" not in sys.modules:
-        return False
-    from mlflow.exceptions import MlflowException
-
-    return isinstance(exc, MlflowException)
-
-
-def _version() -> str:
-    from autoprune import __version__
-
-    return __version__
-
-
-if __name__ == "__main__":
-    sys.exit(main())
