@@ -58,6 +58,10 @@ class TrainingConfig:
     label_smoothing: float = 0.0
     bn_recalibration_batches: int = 10
     """Training batches used to refresh batch-norm statistics after a structural change."""
+    latency_runtime: Literal["torch", "onnx"] = "torch"
+    """Where the final network's ``latency_ms`` is measured: PyTorch, or onnxruntime on
+    its ONNX export (the network must then export)."""
+    latency_batch_size: int = 1
     schedule_epochs: int | None = None
     """The budget the method's epoch-valued parameters are written for (default:
     ``epochs``). When it differs from ``epochs``, the schedule is rescaled to ``epochs``
@@ -75,6 +79,8 @@ class TrainingConfig:
         check_range("training.weight_decay", self.weight_decay, 0.0, 1.0)
         check_range("training.label_smoothing", self.label_smoothing, 0.0, 0.5)
         check_range("training.bn_recalibration_batches", self.bn_recalibration_batches, 0, 10_000)
+        check_range("training.latency_batch_size", self.latency_batch_size, 1, 1 << 16)
+        check_choice("training.latency_runtime", self.latency_runtime, ["torch", "onnx"])
         if self.schedule_epochs is not None:
             check_range("training.schedule_epochs", self.schedule_epochs, 1, 100_000)
         if self.threads is not None:

@@ -8,7 +8,6 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-
 # The longest modules first: ``make test`` runs ``pytest -n 2 --dist loadscope`` (each
 # module on one worker, so a module's Ray cluster or MLflow server starts once), and a long
 # module started last would run alone at the end.

@@ -201,3 +201,20 @@ def test_register_sets_alias_and_tags(trial_run: dict[str, Any]) -> None:
         register(client, uri, run_id, "qs", "latest", {})
     with pytest.raises(UserError, match="--register"):
         register(client, uri, run_id, "bad name/x", "picked", {})
+
+
+@pytest.mark.parametrize("runtime", ["torch", "onnx"])
+def test_latency_objective_states_how_it_was_measured(runtime: str, tmp_path: Path) -> None:
+    from autoprune.config import parse_train_config
+    from autoprune.engine import train
+
+    config = parse_train_config({
+        "model": "small_cnn", "dataset": {"name": "digits", "train_subset": 128},
+        "training": {"epochs": 1, "batch_size": 64, "latency_runtime": runtime,
+                     "latency_batch_size": 4, "threads": 1},
+        "method": "dense"})
+    summary = train(config, tmp_path, progress=False)
+    latency = summary["latency"]
+    assert latency["runtime"] == runtime and latency["batch_size"] == 4
+    assert latency["threads"] == 1 and latency["repeats"] >= 10 and latency["warmup"] >= 1
+    assert summary["latency_ms"] == latency["ms"] > 0

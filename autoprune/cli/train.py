@@ -104,7 +104,11 @@ def _methods(args: argparse.Namespace) -> int:
     from autoprune.methods.timing import epoch_fields
 
     for name in list_methods():
-        fields = dataclasses.fields(get_method(name).Params)
+        from autoprune.methods.base import ChannelParams
+
+        shared = {f.name for f in dataclasses.fields(ChannelParams)}
+        fields = sorted(dataclasses.fields(get_method(name).Params),
+                        key=lambda f: f.name in shared)  # a method's own first
         params = ", ".join(f"{f.name}={f.default!r}" for f in fields)
         timing = ", ".join(epoch_fields(get_method(name).Params))
         timing = f"  [epochs: {timing}]" if timing else ""

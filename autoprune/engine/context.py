@@ -55,6 +55,8 @@ class TrainContext:
         self._unprunable: UnprunableModelError | None = None
         self.changed = False
         """Set by every structural change; the engine clears it after recalibrating."""
+        self.round_to = 1
+        """Pruned widths are kept multiples of this (the method's ``round_to``)."""
         self.recount()
         try:
             self.dense_widths: dict[str, int] = self.widths()
@@ -86,8 +88,9 @@ class TrainContext:
     # --- changing the network ----------------------------------------------------------
 
     def remove_channels(self, plan: Mapping[str, Sequence[int]]) -> int:
-        """Physically remove channels (group key -> channel indices); returns the count."""
-        plan = {k: v for k, v in plan.items() if len(v)}
+        """Physically remove channels (group key -> channel indices); returns the count.
+        With ``round_to`` > 1 the kept widths are rounded up to its multiples first."""
+        plan = self.executable_plan(plan)
         if not plan:
             return 0
         removed = remove_channels(
@@ -95,6 +98,19 @@ class TrainContext:
         )
         self.structure_changed()
         return removed
+
+    def executable_plan(self, plan: Mapping[str, Sequence[int]]) -> dict[str, list[int]]:
+        """The channels :meth:`remove_channels` will really remove for ``plan``: kept
+        widths rounded up to multiples of ``round_to``, and grouped-convolution groups
+        conformed (:meth:`DependencyIndex.conform`). A method that keeps per-channel state
+        (gates, factors) resizes it from this, not from its own plan."""
+        plan = {k: list(v) for k, v in plan.items() if len(v)}
+        if not plan:
+            return {}
+        index = self.index()
+        if self.round_to > 1:
+            plan = index.round_plan(plan, self.round_to)
+        return {k: c for k, c in ((k, index.conform(k, v)) for k, v in plan.items()) if c}
 
     def grow_channels(self, plan: Mapping[str, Sequence[int]], noise: float = 0.0) -> int:
         """Physically split channels (group key -> source channel indices, one copy each),

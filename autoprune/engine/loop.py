@@ -19,9 +19,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from autoprune.compute import measure_latency_ms
 from autoprune.config import TrainConfig
 from autoprune.data import load_dataset
+from autoprune.deploy.latency import measure_latency
 from autoprune.engine.checkpoint import CHECKPOINT, load_checkpoint, restore, save_checkpoint
 from autoprune.engine.context import TrainContext
 from autoprune.engine.optim import build_optimizer, lr_at, set_lr
@@ -92,6 +92,7 @@ def train(
 
     method_params, rescaled = config.schedule()
     method = create_method(config.method, method_params, tc.epochs)
+    ctx.round_to = int(getattr(method.params, "round_to", 1))
     if method.requires:
         ctx.index()  # a network whose channels cannot be followed is refused before training
     method.setup(ctx)
@@ -145,6 +146,8 @@ def train(
     _refresh_after_change(ctx, tc.bn_recalibration_batches)
     test_accuracy, test_loss = evaluate(ctx.model, data.test)
     save_model(ctx.model, out / "model.pt", tuple(ctx.example_input.shape[1:]))
+    latency = measure_latency(ctx.model, ctx.example_input, tc.latency_runtime,
+                              tc.latency_batch_size)
     total_flops = train_flops + ctx.extra_flops
     dense_flops = dense["step_flops"] * data.train.num_samples * tc.epochs
     summary = {
@@ -157,7 +160,7 @@ def train(
         "train_flops": total_flops, "dense_train_flops": dense_flops,
         "train_flops_ratio": total_flops / dense_flops,
         "wall_time_s": time.perf_counter() - wall0,
-        "latency_ms": measure_latency_ms(ctx.model, ctx.example_input),
+        "latency_ms": latency["ms"], "latency": latency,
         "widths": ctx.widths() if ctx.prunable else {},
         "final": final_event,
         "epochs": history,

@@ -38,7 +38,7 @@ import torch
 from torch import nn
 from torch_pruning import ops
 
-from autoprune.methods.base import MethodParams, PruningMethod, register_method
+from autoprune.methods.base import ChannelParams, MethodParams, PruningMethod, register_method
 from autoprune.methods.timing import epoch_field
 from autoprune.surgery import ChannelGroup
 from autoprune.validation import check_range
@@ -51,7 +51,7 @@ _RECTIFIERS = ("Relu", "Hardtanh", "Threshold")
 
 
 @dataclass(frozen=True)
-class ActivationDensityParams(MethodParams):
+class ActivationDensityParams(ChannelParams):
     density_batches: int = 10
     """Training batches measured at the start of each resize epoch."""
     interval: int = epoch_field(1, "every")

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from torch import nn
 
-from autoprune.methods.base import MethodParams, PruningMethod, register_method
+from autoprune.methods.base import ChannelParams, MethodParams, PruningMethod, register_method
 from autoprune.methods.timing import epoch_field
 from autoprune.schedule import PruningSchedule
 from autoprune.surgery import ChannelGroup
@@ -54,7 +54,7 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
-class CGaPParams(MethodParams):
+class CGaPParams(ChannelParams):
     seed_width: float = 0.5
     """Fraction of every prunable layer's dense width the seed network starts with."""
     growth_interval: int = epoch_field(1, "every", within="growth_end_epoch")

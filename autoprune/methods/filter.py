@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
-from autoprune.methods.base import MethodParams, PruningMethod, register_method
+from autoprune.methods.base import ChannelParams, MethodParams, PruningMethod, register_method
 from autoprune.methods.criteria import (
     ActivationMeter,
     global_plan,
@@ -48,7 +48,7 @@ class Dense(PruningMethod):
 
 
 @dataclass(frozen=True)
-class FilterParams(MethodParams):
+class FilterParams(ChannelParams):
     criterion: Criterion = "l1"
     target_ratio: float = 0.5
     start_epoch: int = epoch_field(1, "after")
@@ -132,7 +132,7 @@ class FilterPruning(ScheduledFilterPruning):
 
 
 @dataclass(frozen=True)
-class PruneRetrainParams(MethodParams):
+class PruneRetrainParams(ChannelParams):
     criterion: Criterion = "l1"
     target_ratio: float = 0.5
     retrain_epochs: int = epoch_field(1, "before_end")

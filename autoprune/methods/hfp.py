@@ -69,7 +69,7 @@ from autoprune.methods._gates import (
     gated_modules,
     resize_entries,
 )
-from autoprune.methods.base import MethodParams, PruningMethod, register_method
+from autoprune.methods.base import ChannelParams, MethodParams, PruningMethod, register_method
 from autoprune.methods.timing import epoch_field
 from autoprune.surgery import ChannelGroup
 from autoprune.validation import check_range
@@ -82,7 +82,7 @@ _NORMS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm)
 
 
 @dataclass(frozen=True)
-class HFPParams(MethodParams):
+class HFPParams(ChannelParams):
     target_params_ratio: float = 0.5
     target_macs_ratio: float = 0.5
     budget_weight: float = 5.0
@@ -256,6 +256,7 @@ class HFP(PruningMethod):
                 "targets_met": meets(self._counted(ctx), targets)}
 
     def _remove(self, ctx: TrainContext, plan: dict[str, list[int]]) -> int:
+        plan = ctx.executable_plan(plan)  # round_to and grouped convs may spare some
         if not plan:
             return 0
         self.hooks.remove()

@@ -71,7 +71,7 @@ from autoprune.methods._gates import (
     resize_entries,
     split_param_groups,
 )
-from autoprune.methods.base import MethodParams, PruningMethod, register_method
+from autoprune.methods.base import ChannelParams, MethodParams, PruningMethod, register_method
 from autoprune.methods.timing import epoch_field
 from autoprune.validation import ConfigError, check_range
 
@@ -80,7 +80,7 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
-class VariationalParams(MethodParams):
+class VariationalParams(ChannelParams):
     strength: float = 1.0
     """Trade-off between accuracy and pruning (0: no complexity pressure)."""
     layer_vs_unit: float = 0.5
@@ -305,9 +305,13 @@ class Variational(PruningMethod):
                 drop[int(theta.detach().argmax())] = False  # a group keeps one channel
             if bool(drop.any()):
                 plan[key] = drop.nonzero().flatten().tolist()
-                keep[(UNIT, key)] = keep[(FIXED, key)] = (~drop).nonzero().flatten()
+        plan = ctx.executable_plan(plan)  # round_to and grouped convs may spare some
         if not plan:
             return 0
+        for key, idxs in plan.items():
+            mask = torch.ones(ctx.groups()[key].width, dtype=torch.bool)
+            mask[idxs] = False
+            keep[(UNIT, key)] = keep[(FIXED, key)] = mask.nonzero().flatten()
         resize_entries(ctx.model, ctx.optimizer, bank, keep)
         return ctx.remove_channels(plan)
 

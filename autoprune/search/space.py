@@ -122,6 +122,10 @@ class _SpaceFile:
     name: str | None = None
     description: str = ""
     objectives: tuple[str, ...] = ("accuracy", "macs")
+    latency_runtime: str | None = None
+    """How the ``latency_ms`` objective is measured: ``torch`` or ``onnx`` (onnxruntime);
+    sets ``training.latency_runtime`` of every trial (as do the next two keys)."""
+    latency_batch_size: int | None = None
     sampler: str = "nsga2"
     sampler_options: Mapping[str, Any] = field(default_factory=dict)
     seed: int | None = 0
@@ -141,6 +145,17 @@ class _RangeFile:
     choices: tuple[Any, ...] | None = None
 
 
+def _with_latency(raw: _SpaceFile) -> Mapping[str, Any]:
+    """The fixed part with the space's latency settings in its training section."""
+    settings = {key: value for key, value in (("latency_runtime", raw.latency_runtime),
+                                              ("latency_batch_size", raw.latency_batch_size))
+                if value is not None}
+    if not settings:
+        return raw.fixed
+    training = raw.fixed.get("training") or {}
+    return {**raw.fixed, "training": {**training, **settings}}
+
+
 def load_space(path: str | Path) -> SearchSpace:
     """Read and validate a search space YAML file."""
     text = Path(path).read_text() if Path(path).is_file() else ""
@@ -150,7 +165,7 @@ def load_space(path: str | Path) -> SearchSpace:
 def parse_space(data: Any, source: str = "") -> SearchSpace:
     """Validate a nested mapping (a parsed space file) into a :class:`SearchSpace`."""
     raw = from_mapping(_SpaceFile, data, "")
-    fixed = _parse_fixed(raw.fixed)
+    fixed = _parse_fixed(_with_latency(raw))
     if not raw.searched.methods:
         raise ConfigError("searched.methods must name at least one method")
     shared = tuple(

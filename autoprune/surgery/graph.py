@@ -10,7 +10,7 @@ tracing order), which is stable across surgery because modules are edited in pla
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -168,6 +168,28 @@ class DependencyIndex:
             order = sorted(range(per), key=lambda p: (-float(asked[b, p]), float(blocks[b, p])))
             out.extend(b * per + p for p in order[:k])
         return sorted(out)
+
+
+    def round_plan(self, plan: Mapping[str, Sequence[int]], multiple: int
+                   ) -> dict[str, list[int]]:
+        """``plan`` with each pruned group's kept width rounded *up* to a multiple of
+        ``multiple`` (``round_to``): fewer channels go, never more. The channels spared are
+        the requested ones of largest L1 norm in the group's root layer. A group whose
+        full width is within one multiple is left whole. ``multiple`` 1: ``plan`` as is."""
+        if multiple <= 1:
+            return {k: list(v) for k, v in plan.items()}
+        out: dict[str, list[int]] = {}
+        for key, idxs in plan.items():
+            width = self.groups[key].width
+            requested = sorted(set(int(i) for i in idxs))
+            keep = width - len(requested)
+            n = width - min(width, -(-keep // multiple) * multiple)
+            if n <= 0:
+                continue
+            root = self.groups[key].group[0].dep.target.module
+            norm = root.weight.detach().abs().flatten(1).sum(1).double().cpu()
+            out[key] = sorted(sorted(requested, key=lambda i: float(norm[i]))[:n])
+        return out
 
 
 def _grouped_conv_constraint(
