@@ -32,6 +32,9 @@ def main() -> int:
     print(f"  autoprune pareto --experiment {NAME}        # the front again, as a table")
     print(f"  autoprune pick --experiment {NAME} --max-macs-ratio 0.25 --out picked.yaml")
     print("  autoprune train picked.yaml                   # replay the picked schedule")
+    print(f"  autoprune pick --experiment {NAME} --max-macs-ratio 0.25 --register qs"
+          "   # MLflow registry: models:/qs@picked")
+    print("  autoprune export models:/qs@picked --out qs.onnx   # ONNX, checked and timed")
     print("  autoprune ui                                  # MLflow UI on http://127.0.0.1:5000")
     return 0
 
