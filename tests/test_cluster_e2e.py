@@ -286,6 +286,34 @@ def test_pareto_command_reads_the_server(deployment: dict[str, Any],
     assert f"of {TRIALS} completed trials" in output
 
 
+def test_networks_are_logged_and_registered_on_the_server(
+        deployment: dict[str, Any], server: dict[str, Any], tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Trials on both nodes logged their networks as MLflow models through the server, and
+    ``pick --register`` makes a version that loads from the server's registry."""
+    import mlflow
+    import torch
+
+    from autoprune import load_model
+    from autoprune.cli import main
+    from autoprune.deploy.mlflow_model import MODEL_TAG, tracking
+
+    uri = deployment["tracking_uri"]
+    completed = [c for c in server["children"]
+                 if c.data.tags.get("autoprune.status") == "completed"]
+    assert completed and all(c.data.tags.get(MODEL_TAG) for c in completed)
+    assert main(["pick", "--experiment", "quickstart-cluster", "--tracking-uri", uri,
+                 "--max-macs-ratio", "1.0", "--register", "cluster-picked"]) == 0
+    picked = json.loads(capsys.readouterr().out)
+    with tracking(uri):
+        served = mlflow.pytorch.load_model("models:/cluster-picked@picked")
+    own = load_model(server["client"].download_artifacts(picked["run_id"], "model.pt",
+                                                         str(tmp_path)))
+    x = torch.randn(4, *own.autoprune_input_shape)
+    with torch.no_grad():
+        assert torch.allclose(served(x), own(x), atol=1e-5)
+
+
 def test_ui_shows_training_runs_and_the_pareto_plot(deployment: dict[str, Any],
                                                    server: dict[str, Any]) -> None:
     from playwright.sync_api import expect, sync_playwright
