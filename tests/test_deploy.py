@@ -4,6 +4,7 @@ search's own logging is checked in test_search_e2e.py)."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -157,8 +158,8 @@ def trial_run(tmp_path: Path) -> dict[str, Any]:
     return {"uri": uri, "client": client, "run_id": run_id, "model": model}
 
 
-def _same_outputs(loaded: Any, model: nn.Module) -> None:
-    x = torch.randn(3, *SHAPE)
+def _same_outputs(loaded: Any, model: nn.Module, shape: tuple[int, ...] = SHAPE) -> None:
+    x = torch.randn(3, *shape)
     with torch.no_grad():
         np.testing.assert_allclose(loaded(x).numpy(), model(x).numpy(), atol=1e-5)
 
@@ -218,3 +219,47 @@ def test_latency_objective_states_how_it_was_measured(runtime: str, tmp_path: Pa
     assert latency["runtime"] == runtime and latency["batch_size"] == 4
     assert latency["threads"] == 1 and latency["repeats"] >= 10 and latency["warmup"] >= 1
     assert summary["latency_ms"] == latency["ms"] > 0
+
+
+def test_tracked_train_is_an_mlflow_run_with_its_network(tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]
+                                                          ) -> None:
+    import mlflow
+
+    from autoprune.deploy.mlflow_model import tracking
+    from autoprune.search.store import open_client
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    config = Path(__file__).parent.parent / "examples" / "filter_digits.yaml"
+    code = main(["train", str(config), "--epochs", "3", "--train-subset", "200", "--out",
+                 str(tmp_path / "run"), "--quiet", "--tracking-uri", uri,
+                 "--experiment", "mine"])
+    out = capsys.readouterr().out
+    assert code == 0
+    run_id = re.search(r"tracked: run ([0-9a-f]{32}) in experiment 'mine'", out).group(1)
+    client = open_client(uri)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["autoprune.role"] == "train"
+    assert run.data.params["method"] == "filter" and run.data.params["training.epochs"] == "3"
+    assert {m.step for m in client.get_metric_history(run_id, "macs")} == {1, 2, 3}
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert run.data.metrics["accuracy"] == pytest.approx(summary["accuracy"])
+    assert {"model.pt", "summary.json", "train_config.yaml"} <= {
+        a.path for a in client.list_artifacts(run_id)}
+    with tracking(uri):
+        logged = mlflow.pytorch.load_model(f"runs:/{run_id}/model")
+    _same_outputs(logged, load_model(tmp_path / "run" / "model.pt"), (1, 8, 8))
+    code = main(["export", run_id, "--tracking-uri", uri, "--out", str(tmp_path / "m.onnx"),
+                 "--repeats", "2"])
+    assert code == 0 and json.loads(capsys.readouterr().out)["macs"] == summary["macs"]
+
+
+def test_tracked_train_checks_the_server_before_training(tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]
+                                                          ) -> None:
+    config = Path(__file__).parent.parent / "examples" / "filter_digits.yaml"
+    code = main(["train", str(config), "--out", str(tmp_path / "run"), "--quiet",
+                 "--tracking-uri", "http://127.0.0.1:9"])
+    err = capsys.readouterr().err
+    assert code == 2 and "cannot reach the MLflow tracking server" in err
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()

@@ -280,7 +280,7 @@ def test_unsent_calls_are_spooled_locally_and_replayed(tmp_path: Path,
     from mlflow.entities import Metric
 
     from autoprune.search.store import open_client
-    from autoprune.tracking_spool import ResilientClient
+    from autoprune.tracking.spool import ResilientClient
 
     store = open_client(f"sqlite:///{tmp_path / 'mlflow.db'}")
     run_id = store.create_run(store.create_experiment("x")).info.run_id

@@ -24,6 +24,11 @@ def add_commands(sub: Any, command: Callable[[str], Callable[..., Any]]) -> None
                         "parameter is rescaled, phases keep their order and proportions")
     p.add_argument("--train-subset", type=_positive_int, metavar="N",
                    help="train on N samples of the training split (drawn with the seed)")
+    p.add_argument("--tracking-uri", metavar="URI",
+                   help="also log the run to MLflow (sqlite:///PATH or http://HOST:PORT): "
+                        "params, curves, artifacts and the network as an MLflow model")
+    p.add_argument("--experiment", default="train",
+                   help="MLflow experiment of the run (with --tracking-uri; default: train)")
 
     p = sub.add_parser("models", help="list the registered models")
     p.add_argument("pattern", nargs="?", help="shell-style filter, e.g. 'cifar_*'")
@@ -40,6 +45,12 @@ def _train(args: argparse.Namespace) -> int:
 
     config = parse_train_config(at_budget(load_yaml(args.config), args.epochs,
                                           args.train_subset))
+    uri = None
+    if args.tracking_uri is not None:  # checked before training, not after
+        from autoprune.search.store import check_server, resolve_tracking_uri
+
+        uri = resolve_tracking_uri(args.tracking_uri)
+        check_server(uri)
     budget = (f"-{args.epochs}ep" if args.epochs else "") + (
         f"-{args.train_subset}n" if args.train_subset else "")
     out = Path(args.out) if args.out else Path("runs/train") / (Path(args.config).stem + budget)
@@ -57,6 +68,12 @@ def _train(args: argparse.Namespace) -> int:
         print(f"schedule rescaled from {summary['schedule']['schedule_epochs']} to "
               f"{config.training.epochs} epochs: {moved}")
     print(f"wrote {out / 'summary.json'} and {out / 'model.pt'}")
+    if uri is not None:
+        from autoprune.tracking.train_run import log_training
+
+        run_id = log_training(uri, args.experiment, out, summary)
+        print(f"tracked: run {run_id} in experiment {args.experiment!r} of {uri}; its "
+              f"network: runs:/{run_id}/model")
     return 0
 
 

@@ -104,7 +104,7 @@ def build_tuner(request: SearchRequest, trainable: Any, max_concurrent: int) -> 
     from autoprune.search.samplers import build_sampler
     from autoprune.search.sampling import DefineByRun
     from autoprune.search.searcher import FinalResultSearch
-    from autoprune.tracking import TrackingCallback
+    from autoprune.tracking.callback import TrackingCallback
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     space = request.space

@@ -28,7 +28,7 @@ from autoprune.search.store import (
     search_compute,
 )
 from autoprune.search.trial_log import TrialLog
-from autoprune.tracking_spool import finish, replay, replay_if_due, resilient
+from autoprune.tracking.spool import finish, replay, replay_if_due, resilient
 
 SEARCH_STATUS = "autoprune.search_status"
 # MLflow's experiment type: training runs, not GenAI traces (the UI's experiment-type tag).
