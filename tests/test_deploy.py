@@ -263,3 +263,41 @@ def test_tracked_train_checks_the_server_before_training(tmp_path: Path,
     err = capsys.readouterr().err
     assert code == 2 and "cannot reach the MLflow tracking server" in err
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_small", "regnet_x_400mf",
+                                  "shufflenet_v2_x0_5"])
+def test_torchvision_families_export_pruned(name: str, tmp_path: Path) -> None:
+    """ResNet, MobileNetV3 (squeeze-excitation), RegNet (grouped convolutions) pruned by
+    the surgery, ShuffleNetV2 (which the surgery refuses) as it is: each exports and
+    matches PyTorch."""
+    from autoprune.models import model_info
+
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=10, in_channels=3, input_size=32).eval()
+    x = torch.randn(2, 3, 32, 32)
+    if "prune" in model_info(name).supports:
+        index = DependencyIndex(model, x)
+        keys = [k for k, g in index.groups.items() if g.width >= 8][:3]
+        remove_channels(model, {k: list(range(index.groups[k].width // 3)) for k in keys},
+                        x, None, index)
+    sess = session(to_onnx(model.eval(), x, tmp_path / "m.onnx"), threads=1)
+    assert parity(model, sess, torch.randn(3, 3, 32, 32)) < 1e-4
+
+
+def test_a_cgap_grown_network_exports(tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                      ) -> None:
+    from autoprune.config import parse_train_config
+    from autoprune.engine import train
+
+    config = parse_train_config({
+        "model": "small_resnet", "dataset": {"name": "digits", "train_subset": 128},
+        "training": {"epochs": 4, "batch_size": 64, "threads": 1}, "method": "cgap",
+        "method_params": {"seed_width": 0.5, "max_width": 1.5, "growth_rate": 0.5,
+                          "growth_end_epoch": 2, "prune_ratio": 0.2}})
+    summary = train(config, tmp_path / "run", progress=False)
+    assert summary["params"] != summary["dense_params"]
+    code = main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "m.onnx"),
+                 "--repeats", "2", "--threads", "1"])
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0 and report["max_abs_diff"] < 1e-4 and report["macs"] == summary["macs"]
