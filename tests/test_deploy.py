@@ -127,7 +127,7 @@ def test_export_uses_the_training_data_beside_the_model(tmp_path: Path,
     (["0123456789abcdef0123456789abcdef"], "no MLflow store"),
     (["models:/nope@picked"], "no MLflow store"),
     (["{model}", "--input-shape", "1,28"], "--input-shape must be C,H,W"),
-    (["{model}", "--repeats", "0"], "--repeats must be a positive integer"),
+    (["{model}", "--repeats", "0"], "--repeats: must be a positive integer"),
 ])
 def test_export_bad_input_is_one_line(args: list[str], words: str, tmp_path: Path,
                                       capsys: pytest.CaptureFixture[str],

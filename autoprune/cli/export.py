@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from autoprune.cli.train import positive_int
 from autoprune.errors import UserError
 
 DEFAULT_BATCH = 128
@@ -19,11 +20,11 @@ def add_commands(sub: Any, command: Callable[[str], Callable[..., Any]]) -> None
                                   "models:/NAME@ALIAS")
     p.add_argument("--format", choices=("onnx",), default="onnx", help="onnx (default)")
     p.add_argument("--out", required=True, help="file to write, e.g. model.onnx")
-    p.add_argument("--batch-size", type=int, metavar="N",
+    p.add_argument("--batch-size", type=positive_int, metavar="N",
                    help="the second batch size timed (default: the training batch size)")
-    p.add_argument("--threads", type=int, metavar="N",
+    p.add_argument("--threads", type=positive_int, metavar="N",
                    help="CPU threads of both runtimes (default: torch's default)")
-    p.add_argument("--repeats", type=int, default=30, metavar="N",
+    p.add_argument("--repeats", type=positive_int, default=30, metavar="N",
                    help="timed runs per latency, after 5 warm-up runs (default: 30)")
     p.add_argument("--input-shape", metavar="C,H,W",
                    help="one input's shape, for a model file that records none")
@@ -38,10 +39,6 @@ def _export(args: argparse.Namespace) -> int:
     from autoprune.deploy.onnx_export import onnx_latency_ms, parity, session, to_onnx
     from autoprune.deploy.source import resolve, sample_inputs
 
-    for flag in ("batch_size", "threads", "repeats"):
-        value = getattr(args, flag)
-        if value is not None and value < 1:
-            raise UserError(f"--{flag.replace('_', '-')} must be a positive integer, not {value}")
     shape = _shape(args.input_shape)
     source = resolve(args.source, args.tracking_uri)
     if args.threads:

@@ -19,10 +19,10 @@ def add_commands(sub: Any, command: Callable[[str], Callable[..., Any]]) -> None
     p.add_argument("--fresh", action="store_true",
                    help="ignore a checkpoint in --out and start from scratch")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--epochs", type=_positive_int, metavar="N",
+    p.add_argument("--epochs", type=positive_int, metavar="N",
                    help="replay the same schedule on N epochs: every epoch-valued method "
                         "parameter is rescaled, phases keep their order and proportions")
-    p.add_argument("--train-subset", type=_positive_int, metavar="N",
+    p.add_argument("--train-subset", type=positive_int, metavar="N",
                    help="train on N samples of the training split (drawn with the seed)")
     p.add_argument("--tracking-uri", metavar="URI",
                    help="also log the run to MLflow (sqlite:///PATH or http://HOST:PORT): "
@@ -77,7 +77,7 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
@@ -118,12 +118,11 @@ def _methods(args: argparse.Namespace) -> int:
     import dataclasses
 
     from autoprune.methods import get_method, list_methods
+    from autoprune.methods.base import ChannelParams
     from autoprune.methods.timing import epoch_fields
 
+    shared = {f.name for f in dataclasses.fields(ChannelParams)}
     for name in list_methods():
-        from autoprune.methods.base import ChannelParams
-
-        shared = {f.name for f in dataclasses.fields(ChannelParams)}
         fields = sorted(dataclasses.fields(get_method(name).Params),
                         key=lambda f: f.name in shared)  # a method's own first
         params = ", ".join(f"{f.name}={f.default!r}" for f in fields)

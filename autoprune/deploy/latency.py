@@ -7,6 +7,7 @@ the same number of intra-op threads. ``summary.json`` states all of it under ``l
 
 from __future__ import annotations
 
+import copy
 import tempfile
 from pathlib import Path
 from typing import Any, Literal
@@ -24,21 +25,14 @@ def measure_latency(model: nn.Module, example: torch.Tensor, runtime: Runtime = 
                     batch_size: int = 1) -> dict[str, Any]:
     """``{"ms", "runtime", "batch_size", "threads", "repeats", "warmup"}`` of ``model``."""
     threads = torch.get_num_threads()
-    x = batch_of(example.detach().cpu() if runtime == "onnx" else example, batch_size)
-    if runtime == "onnx":
+    if runtime == "torch":
+        ms = measure_latency_ms(model, example, REPEATS, WARMUP, batch_size=batch_size)
+    else:  # onnxruntime on CPU: export a CPU copy (the model may live on a GPU)
         from autoprune.deploy.onnx_export import onnx_latency_ms, session, to_onnx
 
-        was_training = model.training
-        cpu_model = model if example.device.type == "cpu" else None
-        if cpu_model is None:
-            import copy
-
-            cpu_model = copy.deepcopy(model).cpu()
+        x = batch_of(example.detach().cpu(), batch_size)
         with tempfile.TemporaryDirectory(prefix="autoprune-latency-") as folder:
-            path = to_onnx(cpu_model, batch_of(x, 2), Path(folder) / "model.onnx")
+            path = to_onnx(copy.deepcopy(model).cpu(), x, Path(folder) / "model.onnx")
             ms = onnx_latency_ms(session(path, threads), x, REPEATS, WARMUP)
-        model.train(was_training)
-    else:
-        ms = measure_latency_ms(model, x, REPEATS, WARMUP, batch_size=batch_size)
     return {"ms": ms, "runtime": runtime, "batch_size": batch_size, "threads": threads,
             "repeats": REPEATS, "warmup": WARMUP}

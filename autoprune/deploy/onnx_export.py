@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from autoprune.compute import median_ms
+from autoprune.compute import batch_of, median_ms
 from autoprune.errors import UserError
 
 INPUT, OUTPUT = "input", "logits"
@@ -44,7 +44,7 @@ def to_onnx(model: nn.Module, example: torch.Tensor, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval()
-    example = _at_least_two(example)
+    example = batch_of(example, max(2, len(example)))  # a batch of 1 would fix the dim
     try:
         _export(model, example, path)
     except Exception as exc:  # noqa: BLE001 - the exporter raises many kinds
@@ -168,10 +168,6 @@ def onnx_latency_ms(sess: Any, x: torch.Tensor, repeats: int = 30, warmup: int =
     """Median wall time of one onnxruntime run on ``x`` (same protocol as PyTorch's)."""
     feed = {INPUT: x.detach().cpu().numpy().astype(np.float32)}
     return median_ms(lambda: sess.run([OUTPUT], feed), repeats, warmup)
-
-
-def _at_least_two(x: torch.Tensor) -> torch.Tensor:
-    return x if len(x) >= 2 else torch.cat([x, x])[:2]
 
 
 def _first_line(exc: BaseException) -> str:

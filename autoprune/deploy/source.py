@@ -45,11 +45,11 @@ def resolve(source: str, tracking_uri: str | None) -> Source:
     if path.is_file():
         return _from_file(path)
     if source.startswith("models:/"):
-        client, uri = _client(tracking_uri)
+        client = _client(tracking_uri)
         return _from_run(client, _registry_run(client, source), source)
     run_id = source[len("runs:/"):].split("/", 1)[0] if source.startswith("runs:/") else source
     if _RUN_ID.fullmatch(run_id):
-        client, uri = _client(tracking_uri)
+        client = _client(tracking_uri)
         return _from_run(client, run_id, source)
     raise UserError(f"{source!r} is not a model file, a run id or a models:/ URI")
 
@@ -76,13 +76,13 @@ def _config_beside(path: Path) -> dict[str, Any] | None:
     return None
 
 
-def _client(tracking_uri: str | None) -> tuple[Any, str]:
+def _client(tracking_uri: str | None) -> Any:
     from autoprune.search.store import open_client, resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri)
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
         raise UserError(f"no MLflow store at {uri} (pass --tracking-uri)")
-    return open_client(uri), uri
+    return open_client(uri)
 
 
 def _registry_run(client: Any, uri: str) -> str:
