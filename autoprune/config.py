@@ -54,6 +54,11 @@ class TrainingConfig:
     weight_decay: float = 5e-4
     lr_schedule: Literal["cosine", "constant", "step"] = "cosine"
     device: str = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """Autocast of the training steps: ``auto`` is bfloat16 on a GPU that has it, float32
+    elsewhere (:mod:`autoprune.engine.hardware`)."""
+    memory_format: Literal["auto", "channels_last", "contiguous"] = "auto"
+    """Layout of activations and conv weights: ``auto`` is channels_last on CUDA."""
     threads: int | None = None
     label_smoothing: float = 0.0
     bn_recalibration_batches: int = 10

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -116,8 +118,75 @@ def test_training_run_records_and_settles(tmp_path) -> None:
         ({"start_epoch": 0}, "method_params.start_epoch"),
         ({"min_channels": 0}, "method_params.min_channels"),
         ({"density_batches": 0}, "method_params.density_batches"),
+        ({"rule": "halve"}, "method_params.rule"),
+        ({"min_drop": -0.1}, "method_params.min_drop"),
     ],
 )
 def test_invalid_params_name_the_key(params: dict, key: str) -> None:
     with pytest.raises(ConfigError, match=key):
         create_method("activation_density", params, epochs=3)
+
+
+def _resize_rounds(rule: str, rounds: int) -> tuple[TrainContext, list[dict]]:
+    """``rounds`` resize epochs of a BN network whose channels are all alive (random
+    weights, about half of every channel's outputs positive)."""
+    ctx = _context("small_resnet")
+    method = create_method("activation_density", {"rule": rule, "min_channels": 2,
+                                                  "density_batches": 4}, epochs=rounds)
+    records = []
+    for epoch in range(1, rounds + 1):
+        method.on_epoch_start(ctx, epoch)
+        ctx.model.train()
+        with torch.no_grad():
+            for _ in range(4):
+                ctx.model(torch.randn(64, 1, 8, 8))
+        records.append(method.on_epoch_end(ctx, epoch))
+    return ctx, records
+
+
+def test_live_bn_channels_are_not_pruned_to_the_floor() -> None:
+    """The collapse the paper's rule shows on BN networks: density ~0.5 at every resize,
+    so every resize halves every layer again. ``settle`` shrinks once, sees the density
+    no longer fall, and stops; ``paper`` (kept as an option) goes down to the floor."""
+    dense = _context("small_resnet").widths()
+    ctx, records = _resize_rounds("settle", 6)
+    densities = [d for d in records[0]["densities"].values() if d is not None]
+    assert all(0.3 < d < 0.7 for d in densities)  # live channels, as under BN
+    assert records[-1]["settled"]
+    for key, width in ctx.widths().items():
+        assert width > 2, f"{key} pruned to the floor"
+        assert width >= dense[key] // 4, f"{key}: {dense[key]} -> {width}"
+    assert sum(ctx.widths().values()) < sum(dense.values())  # it did shrink
+    paper, _ = _resize_rounds("paper", 6)
+    assert all(w == 2 for w in paper.widths().values())
+
+
+def test_settle_keeps_shrinking_a_layer_whose_density_keeps_falling() -> None:
+    """Channels that die between resizes lower the density: that layer resizes again."""
+    ctx = _context("small_cnn")
+    method = create_method("activation_density", {"min_channels": 2}, epochs=3)
+    bns = {key: g.modules_of_type(ctx.model, nn.BatchNorm2d)[0] for key, g in ctx.groups().items()}
+    key = "features.3"
+    live = [0.8, 0.4]  # fraction of always-positive channels at resize 1 and 2
+    for epoch, fraction in enumerate(live, start=1):
+        bn = bns[key]
+        sign = -torch.ones(bn.num_features)
+        sign[: math.ceil(fraction * bn.num_features)] = 1.0
+        bn.weight.data.zero_()
+        bn.bias.data.copy_(sign)
+        width = ctx.widths()[key]
+        method.on_epoch_start(ctx, epoch)
+        _training_passes(ctx)
+        record = method.on_epoch_end(ctx, epoch)
+        assert ctx.widths()[key] < width, f"resize {epoch} left {key} at {width}"
+        assert key not in record["settled_layers"]
+
+
+def test_rule_state_survives_a_checkpoint() -> None:
+    _, records = _resize_rounds("settle", 2)
+    method = create_method("activation_density", {}, epochs=3)
+    method.load_state_dict({"settled": False, "last_density": {"a": 0.5},
+                            "settled_layers": ["b"]})
+    state = method.state_dict()
+    assert state == {"settled": False, "last_density": {"a": 0.5}, "settled_layers": ["b"]}
+    assert records[1]["settled_layers"]

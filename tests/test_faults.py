@@ -245,7 +245,7 @@ def test_spooled_results_reach_mlflow_once_after_a_crash_and_resume(tmp_path: Pa
         while not any(spool.rglob("*")):  # writes outlive the 2 s retry window: spooled
             assert time.monotonic() < deadline, first.tail()
             time.sleep(0.2)
-        settle = time.monotonic() + 15  # more results go to the spool (or the driver stops)
+        settle = time.monotonic() + 5  # more results go to the spool (or the driver stops)
         while first.popen.poll() is None and time.monotonic() < settle:
             time.sleep(0.2)
         with contextlib.suppress(ProcessLookupError):

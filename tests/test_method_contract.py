@@ -65,3 +65,63 @@ def test_method_contract(method: str, model: str, tmp_path) -> None:
         assert summary["macs"] < summary["dense_macs"], "the method removed nothing"
     else:
         assert summary["macs"] == summary["dense_macs"]
+
+
+# Settings that keep every method acting over six epochs (each resize, prune step or gate
+# decision repeated), at its paper's kind of target.
+REPEATED_PARAMS: dict[str, dict] = {
+    "filter": {"target_ratio": 0.5, "start_epoch": 1, "end_epoch": 5},
+    "prune_retrain": {"target_ratio": 0.5, "retrain_epochs": 2},
+    "activation_density": {"start_epoch": 1, "interval": 1, "density_batches": 2,
+                           "min_channels": 2},
+    "variational": {"strength": 1.0},
+    "cgap": {"seed_width": 0.5, "growth_interval": 1, "growth_end_epoch": 2,
+             "prune_start_epoch": 3, "prune_end_epoch": 5, "prune_ratio": 0.5},
+    "hfp": {"target_macs_ratio": 0.3, "target_params_ratio": 0.5, "interval": 1},
+}
+
+
+@pytest.mark.parametrize("method", [m for m in list_methods() if m != "dense"])
+def test_live_bn_network_is_not_pruned_to_its_floor(method: str, tmp_path) -> None:
+    """A BN network whose channels all carry signal (a ResNet learning digits), pruned to
+    about a third of its MACs, however many times the method acts: no layer collapses to
+    its floor, and each keeps at least an eighth of its channels (activation density's
+    paper rule halved every layer at every resize, down to ``min_channels``)."""
+    config = parse_train_config({
+        "model": "small_resnet",
+        "dataset": {"name": "digits", "train_subset": 256, "val_fraction": 0.1},
+        "training": {"epochs": 6, "batch_size": 32, "lr": 0.05, "seed": 0},
+        "method": method,
+        "method_params": REPEATED_PARAMS[method],
+    })
+    summary = train(config, tmp_path, progress=False)
+    dense = {"conv1": 16, "layer1.0.conv1": 16, "layer2.0.conv1": 32, "layer3.0.conv1": 64}
+    widths = autoprune.load_model(tmp_path / "model.pt")
+    final = {name: widths.get_submodule(name).out_channels for name in dense}
+    floor = REPEATED_PARAMS[method].get("min_channels", 1)
+    for name, width in final.items():
+        assert width > floor and width >= dense[name] // 8, f"{name}: {dense[name]} -> {width}"
+    assert summary["macs"] < summary["dense_macs"]
+
+
+@pytest.mark.parametrize("method", list_methods())
+def test_every_numeric_parameter_declares_its_range(method: str) -> None:
+    """Ranges are declared on the Params fields (``bounded`` / ``epoch_field``) and checked
+    by the base class: every number a user can set has one, and a value outside it is a
+    ConfigError naming the key."""
+    import dataclasses
+    import typing
+
+    from autoprune.config import ConfigError
+    from autoprune.methods import create_method, get_method
+    from autoprune.methods.timing import epoch_fields
+
+    params = get_method(method).Params
+    hints = typing.get_type_hints(params)
+    epochs = epoch_fields(params)
+    for f in dataclasses.fields(params):
+        if hints[f.name] not in (int, float):
+            continue
+        assert "autoprune.range" in f.metadata or f.name in epochs, f"{method}.{f.name}"
+        with pytest.raises(ConfigError, match=f"method_params.{f.name}"):
+            create_method(method, {f.name: 10**7}, epochs=10)

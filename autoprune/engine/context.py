@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from autoprune.compute import StepCost, count_macs_params, measure_step_cost
+from autoprune.engine.hardware import apply_memory_format
 from autoprune.surgery import (
     ChannelGroup,
     DependencyIndex,
@@ -57,6 +58,10 @@ class TrainContext:
         """Set by every structural change; the engine clears it after recalibrating."""
         self.round_to = 1
         """Pruned widths are kept multiples of this (the method's ``round_to``)."""
+        self.memory_format = torch.contiguous_format
+        """Layout of the conv weights, re-applied after every structural change."""
+        self.autocast_dtype: torch.dtype | None = None
+        """Autocast dtype of the training steps (None: float32)."""
         self.recount()
         try:
             self.dense_widths: dict[str, int] = self.widths()
@@ -133,6 +138,7 @@ class TrainContext:
         """Call after changing the network by other means (e.g. growth, gates removed)."""
         self._index = None
         self.changed = True
+        apply_memory_format(self.model, self.memory_format)
         self.recount()
 
     def recount(self) -> None:

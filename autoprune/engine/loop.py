@@ -19,13 +19,20 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from autoprune.config import TrainConfig
+from autoprune.config import TrainConfig, parse_train_config
 from autoprune.data import load_dataset
 from autoprune.deploy.latency import measure_latency
 from autoprune.engine.checkpoint import CHECKPOINT, load_checkpoint, restore, save_checkpoint
 from autoprune.engine.context import TrainContext
+from autoprune.engine.hardware import (
+    apply_memory_format,
+    autocast,
+    resolve_device,
+    resolve_memory_format,
+    resolve_precision,
+)
 from autoprune.engine.optim import build_optimizer, lr_at, set_lr
-from autoprune.errors import UserError
+from autoprune.errors import ConfigError, UserError
 from autoprune.methods import create_method
 from autoprune.models import create_model
 from autoprune.surgery import save_model
@@ -48,14 +55,6 @@ def build_model(
     model = create_model(**build)
     model.autoprune_build = build  # type: ignore[assignment]
     return model
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"training.device is {name!r} but no CUDA device is available")
-    return torch.device(name)
 
 
 def train(
@@ -88,6 +87,8 @@ def train(
     model = build_model(config, data.num_classes, data.in_channels, data.input_size).to(device)
     x0, y0 = next(iter(data.train))
     ctx = TrainContext(model, (x0[:16], y0[:16]), data.train, tc.epochs, device)
+    ctx.memory_format = resolve_memory_format(tc.memory_format, device)
+    ctx.autocast_dtype = resolve_precision(tc.precision, device)
     dense = {"macs": ctx.macs, "params": ctx.params, "step_flops": ctx.cost.train}
 
     method_params, rescaled = config.schedule()
@@ -109,6 +110,7 @@ def train(
         state = restore(checkpoint, ctx, method)
         start_epoch, history, train_flops = state["epoch"], state["history"], state["train_flops"]
         ctx.extra_flops = state["extra_flops"]
+    apply_memory_format(ctx.model, ctx.memory_format)  # after set-up and restore
     ctx.changed = False  # set-up and restore start from fresh statistics
 
     wall0 = time.perf_counter() - sum(_epoch_wall(r) for r in history)
@@ -189,9 +191,14 @@ def _train_epoch(
         disable=not progress, unit="batch",
     )
     loss_sum = torch.zeros((), device=ctx.device)
+    channels_last = ctx.memory_format == torch.channels_last
     for i, (x, y) in enumerate(batches):
-        logits = model(x)
-        loss = F.cross_entropy(logits, y, label_smoothing=config.training.label_smoothing)
+        if channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(ctx.device, ctx.autocast_dtype):
+            logits = model(x)
+            loss = F.cross_entropy(logits.float(), y,
+                                   label_smoothing=config.training.label_smoothing)
         ctx.loss = loss
         extra = method.loss_term(ctx)
         total = loss if extra is None else loss + extra
@@ -214,7 +221,11 @@ def _check_same_run(stored: str | None, config: TrainConfig, path: Path) -> None
     """A checkpoint resumes only the run that wrote it (same config, e.g. same epochs)."""
     if stored is None:  # written before checkpoints recorded their config
         return
-    before, now = json.loads(stored), json.loads(json.dumps(config.to_dict()))
+    now = json.loads(json.dumps(config.to_dict()))
+    try:  # a checkpoint written before a new setting existed gets that setting's default
+        before = json.loads(json.dumps(parse_train_config(json.loads(stored)).to_dict()))
+    except ConfigError:
+        before = json.loads(stored)
     if before == now:
         return
     changed = [k for k in sorted(set(before) | set(now)) if before.get(k) != now.get(k)]

@@ -2,10 +2,10 @@
 
 Pure planning on a :class:`~autoprune.methods._costmodel.CostModel` (exact for integer
 widths): candidates are all channels but the strongest of each group (a group keeps at
-least one), in ascending order of score. The cut is the shortest prefix of that order that
-meets both targets, except that its last channel may be swapped for another of the next
-``window`` candidates that meets them with less overshoot: removing one channel of a wide,
-expensive group can cost several percent of the network at once.
+least one, or its floor), in ascending order of score. The cut is the shortest prefix of
+that order that meets both targets, except that its last channel may be swapped for
+another of the next ``window`` candidates that meets them with less overshoot: removing
+one channel of a wide, expensive group can cost several percent of the network at once.
 """
 
 from __future__ import annotations
@@ -21,13 +21,17 @@ Candidate = tuple[float, str, int]
 """(score, group key, channel index)."""
 
 
-def candidates(scores: Mapping[str, torch.Tensor]) -> list[Candidate]:
-    """Every channel except each group's highest-scoring one, weakest first."""
+def candidates(
+    scores: Mapping[str, torch.Tensor], keep: Mapping[str, int] | None = None
+) -> list[Candidate]:
+    """Every channel except each group's ``keep[group]`` (default 1, at least 1)
+    highest-scoring ones, weakest first."""
     out: list[Candidate] = []
     for key, s in scores.items():
         values = s.detach().float().cpu().tolist()
-        best = max(range(len(values)), key=values.__getitem__)
-        out += [(v, key, i) for i, v in enumerate(values) if i != best]
+        spared = max(1, (keep or {}).get(key, 1))
+        order = sorted(range(len(values)), key=values.__getitem__)
+        out += [(values[i], key, i) for i in order[: max(0, len(values) - spared)]]
     return sorted(out)
 
 

@@ -5,8 +5,10 @@ points of the training loop; a method changes the network only through the engin
 :class:`~autoprune.engine.context.TrainContext` (``ctx.remove_channels`` and friends), so
 that compute is recounted and the optimiser's state carried after every change.
 
-A new method is one module: a ``Params`` dataclass, a subclass of :class:`PruningMethod`,
-and ``@register_method``. The contract tests pick it up from the registry.
+A new method is one module: a ``Params`` dataclass (its fields declare their ranges with
+:func:`bounded` and their epoch meaning with :func:`~autoprune.methods.timing.epoch_field`),
+a subclass of :class:`PruningMethod`, and ``@register_method``. The contract tests pick
+it up from the registry.
 """
 
 from __future__ import annotations
@@ -18,10 +20,33 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
+from autoprune.methods.timing import epoch_bounds, epoch_fields
 from autoprune.validation import check_choice, check_range, from_mapping
 
 if TYPE_CHECKING:
     from autoprune.engine.context import TrainContext
+
+
+_RANGE = "autoprune.range"
+
+
+@dataclass(frozen=True)
+class Range:
+    """Allowed interval of a numeric parameter; a bound may name another field."""
+
+    low: float | str
+    high: float | str
+    low_open: bool = False
+
+
+def bounded(default: Any, low: float | str, high: float | str, *, low_open: bool = False) -> Any:
+    """A dataclass field whose value must lie in ``[low, high]`` (``(low, high]`` with
+    ``low_open``); ``low`` or ``high`` may be the name of another field of the same
+    dataclass (``max_width`` at least ``seed_width``). Checked by
+    :meth:`MethodParams.validate`, so a method's ``Params`` declares its ranges and writes
+    no checking code; epoch-valued fields (:func:`~autoprune.methods.timing.epoch_field`)
+    get their ranges from the epoch budget."""
+    return dataclasses.field(default=default, metadata={_RANGE: Range(low, high, low_open)})
 
 
 @dataclass(frozen=True)
@@ -29,7 +54,22 @@ class MethodParams:
     """Base of every method's parameters. ``validate`` raises ConfigError naming the key."""
 
     def validate(self, epochs: int) -> None:
-        """Check ranges and consistency with the number of training epochs."""
+        """Check every declared range (:func:`bounded`, :func:`epoch_field`), then
+        :meth:`check`."""
+        specs = epoch_fields(type(self))
+        for f in dataclasses.fields(self):
+            value, key = getattr(self, f.name), f"method_params.{f.name}"
+            if _RANGE in f.metadata:
+                r: Range = f.metadata[_RANGE]
+                low = getattr(self, r.low) if isinstance(r.low, str) else r.low
+                high = getattr(self, r.high) if isinstance(r.high, str) else r.high
+                check_range(key, value, low, high, low_open=r.low_open)
+            elif f.name in specs:
+                check_range(key, value, *epoch_bounds(specs[f.name], f.default, epochs))
+        self.check(epochs)
+
+    def check(self, epochs: int) -> None:
+        """Constraints between fields and with the epochs that no single range states."""
 
     def resolve(self, epochs: int) -> MethodParams:
         """The same parameters with automatic values (0 = derived from ``epochs``) made
@@ -42,7 +82,7 @@ class MethodParams:
 class ChannelParams(MethodParams):
     """Base of the parameters of every method that removes channels."""
 
-    round_to: int = 1
+    round_to: int = bounded(1, 1, 1024)
     """Keep each pruned group's width a multiple of this: the engine rounds the kept width
     *up* (fewer channels removed, never more), sparing the requested channels of largest
     L1 norm. 8 or 16 suit hardware that computes channels in blocks; 1 = as planned."""
@@ -65,8 +105,6 @@ class PruningMethod:
     def parse_params(cls, data: Mapping[str, Any], epochs: int) -> MethodParams:
         params = from_mapping(cls.Params, dict(data or {}), "method_params")
         params.validate(epochs)
-        if isinstance(params, ChannelParams):
-            check_range("method_params.round_to", params.round_to, 1, 1024)
         return params
 
     # --- hooks, in the order the engine calls them ------------------------------------

@@ -42,7 +42,13 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from torch import nn
 
-from autoprune.methods.base import ChannelParams, MethodParams, PruningMethod, register_method
+from autoprune.methods.base import (
+    ChannelParams,
+    MethodParams,
+    PruningMethod,
+    bounded,
+    register_method,
+)
 from autoprune.methods.timing import epoch_field
 from autoprune.schedule import PruningSchedule
 from autoprune.surgery import ChannelGroup
@@ -55,26 +61,26 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class CGaPParams(ChannelParams):
-    seed_width: float = 0.5
+    seed_width: float = bounded(0.5, 0.0, 1.0, low_open=True)
     """Fraction of every prunable layer's dense width the seed network starts with."""
     growth_interval: int = epoch_field(1, "every", within="growth_end_epoch")
-    growth_rate: float = 0.25
+    growth_rate: float = bounded(0.25, 0.0, 4.0)
     """New filters per growth step, as a fraction of the current width (on average)."""
     growth_end_epoch: int = epoch_field(0, "after")
     """Last epoch after which the network grows; 0 means a third of the epochs."""
-    max_width: float = 1.0
+    max_width: float = bounded(1.0, "seed_width", 8.0)
     """Cap of growth, as a fraction of the dense architecture's width."""
     prune_start_epoch: int = epoch_field(0, "after")
     """First prune step (after this epoch); 0 means the epoch after growth ends."""
     prune_end_epoch: int = epoch_field(0, "after")
     """Epoch at which ``prune_ratio`` is reached; 0 means two thirds of the epochs."""
-    prune_ratio: float = 0.5
+    prune_ratio: float = bounded(0.5, 0.0, 0.99)
     """Fraction of the grown network's filters removed in all."""
     prune_frequency: int = epoch_field(1, "every")
     ramp: Literal["linear", "cubic"] = "linear"
-    layer_floor: float = 0.05
+    layer_floor: float = bounded(0.05, 0.0, 1.0)
     """Fraction of each layer's grown width pruning always keeps."""
-    noise: float = 0.1
+    noise: float = bounded(0.1, 0.0, 1.0)
     """Relative scale of the zero-sum noise that makes split filters diverge."""
 
     def phases(self, epochs: int) -> tuple[int, int, int]:
@@ -89,19 +95,8 @@ class CGaPParams(ChannelParams):
         return dataclasses.replace(self, growth_end_epoch=growth_end,
                                    prune_start_epoch=prune_start, prune_end_epoch=prune_end)
 
-    def validate(self, epochs: int) -> None:
-        check_range("method_params.seed_width", self.seed_width, 0.0, 1.0, low_open=True)
-        check_range("method_params.max_width", self.max_width, self.seed_width, 8.0)
-        check_range("method_params.growth_interval", self.growth_interval, 1, epochs)
-        check_range("method_params.growth_rate", self.growth_rate, 0.0, 4.0)
-        check_range("method_params.growth_end_epoch", self.growth_end_epoch, 0, epochs)
-        check_range("method_params.prune_ratio", self.prune_ratio, 0.0, 0.99)
-        check_range("method_params.prune_frequency", self.prune_frequency, 1, epochs)
-        check_range("method_params.layer_floor", self.layer_floor, 0.0, 1.0)
-        check_range("method_params.noise", self.noise, 0.0, 1.0)
-        self._check_phases(epochs)
-
-    def _check_phases(self, epochs: int) -> None:
+    def check(self, epochs: int) -> None:
+        """The phases in order: growth, then pruning, within the epochs."""
         growth_end, prune_start, prune_end = self.phases(epochs)
         if growth_end and self.growth_interval > growth_end:
             raise ConfigError(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 import torch
 from torch import nn
@@ -24,55 +24,6 @@ def l1_importance(model: nn.Module, group: ChannelGroup) -> torch.Tensor:
 def random_importance(group: ChannelGroup) -> torch.Tensor:
     """Random scores (drawn from torch's global RNG, which checkpoints restore)."""
     return torch.rand(group.width)
-
-
-class ActivationMeter:
-    """Mean post-ReLU activation per channel, measured during ordinary training steps.
-
-    Hooks the group's batch norms (or, without one, its convolutions) and averages
-    ``relu(output)`` over batch and space for the first ``max_batches`` batches after
-    :meth:`attach`. It rides on training forward passes, so it costs no extra pass.
-    """
-
-    def __init__(self, max_batches: int) -> None:
-        self.max_batches = max_batches
-        self.sums: dict[str, torch.Tensor] = {}
-        self.counts: dict[str, int] = {}
-        self.layers: dict[str, int] = {}
-        self._hooks: list[torch.utils.hooks.RemovableHandle] = []
-
-    def attach(self, model: nn.Module, groups: Mapping[str, ChannelGroup]) -> None:
-        self.detach()
-        self.sums, self.counts, self.layers = {}, {}, {}
-        for key, group in groups.items():
-            layers = group.modules_of_type(model, nn.modules.batchnorm._BatchNorm)
-            layers = layers or group.modules_of_type(model, (nn.Conv2d, nn.Linear))
-            self.layers[key] = len(layers)
-            for layer in layers:
-                self._hooks.append(layer.register_forward_hook(self._hook(key)))
-
-    def _hook(self, key: str) -> Callable[[nn.Module, object, torch.Tensor], None]:
-        def record(_module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
-            if self.counts.get(key, 0) >= self.max_batches * self.layers[key]:
-                return
-            with torch.no_grad():
-                act = output.detach().relu()
-                dims = [d for d in range(act.dim()) if d != 1]
-                mean = act.mean(dim=dims).float().cpu()
-            self.sums[key] = self.sums.get(key, 0) + mean
-            self.counts[key] = self.counts.get(key, 0) + 1
-
-        return record
-
-    def importance(self, key: str, width: int) -> torch.Tensor:
-        if key not in self.sums:
-            return torch.zeros(width)
-        return self.sums[key] / max(self.counts[key], 1)
-
-    def detach(self) -> None:
-        for h in self._hooks:
-            h.remove()
-        self._hooks = []
 
 
 def uniform_plan(

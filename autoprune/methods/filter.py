@@ -20,9 +20,15 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
-from autoprune.methods.base import ChannelParams, MethodParams, PruningMethod, register_method
+from autoprune.methods._meter import ChannelMeter, post_relu
+from autoprune.methods.base import (
+    ChannelParams,
+    MethodParams,
+    PruningMethod,
+    bounded,
+    register_method,
+)
 from autoprune.methods.criteria import (
-    ActivationMeter,
     global_plan,
     l1_importance,
     random_importance,
@@ -30,7 +36,7 @@ from autoprune.methods.criteria import (
 )
 from autoprune.methods.timing import epoch_field
 from autoprune.schedule import PruningSchedule
-from autoprune.validation import ConfigError, check_range
+from autoprune.validation import check_range
 
 if TYPE_CHECKING:
     from autoprune.engine.context import TrainContext
@@ -50,7 +56,7 @@ class Dense(PruningMethod):
 @dataclass(frozen=True)
 class FilterParams(ChannelParams):
     criterion: Criterion = "l1"
-    target_ratio: float = 0.5
+    target_ratio: float = bounded(0.5, 0.0, 0.99)
     start_epoch: int = epoch_field(1, "after")
     """First pruning step after this epoch (the epochs up to it train dense)."""
     end_epoch: int = epoch_field(0, "after")
@@ -58,18 +64,13 @@ class FilterParams(ChannelParams):
     frequency: int = epoch_field(1, "every")
     ramp: Literal["linear", "cubic"] = "linear"
     allocation: Allocation = "uniform"
-    layer_floor: float = 0.05
+    layer_floor: float = bounded(0.05, 0.0, 1.0)
     """With ``global`` allocation: fraction of each layer's dense width always kept."""
-    activation_batches: int = 10
+    activation_batches: int = bounded(10, 1, 1 << 20)
     """With ``mean_activation``: training batches measured before each pruning step."""
 
-    def validate(self, epochs: int) -> None:
-        check_range("method_params.target_ratio", self.target_ratio, 0.0, 0.99)
-        check_range("method_params.start_epoch", self.start_epoch, 1, epochs)
+    def check(self, epochs: int) -> None:
         check_range("method_params.end_epoch", self.resolved_end(epochs), self.start_epoch, epochs)
-        check_range("method_params.frequency", self.frequency, 1, epochs)
-        check_range("method_params.layer_floor", self.layer_floor, 0.0, 1.0)
-        check_range("method_params.activation_batches", self.activation_batches, 1, 1 << 20)
 
     def resolved_end(self, epochs: int) -> int:
         return self.end_epoch or max(self.start_epoch, epochs // 2)
@@ -85,7 +86,7 @@ class ScheduledFilterPruning(PruningMethod):
 
     def __init__(self, params: MethodParams) -> None:
         super().__init__(params)
-        self.meter = ActivationMeter(self.params.activation_batches)
+        self.meter = ChannelMeter(self.params.activation_batches, post_relu)
         self.schedule: PruningSchedule | None = None
 
     def make_schedule(self, epochs: int) -> PruningSchedule:
@@ -122,7 +123,8 @@ class ScheduledFilterPruning(PruningMethod):
             return l1_importance(ctx.model, group)
         if self.params.criterion == "random":
             return random_importance(group)
-        return self.meter.importance(key, group.width)
+        measured = self.meter.mean(key)
+        return torch.zeros(group.width) if measured is None else measured
 
 
 @register_method
@@ -134,21 +136,13 @@ class FilterPruning(ScheduledFilterPruning):
 @dataclass(frozen=True)
 class PruneRetrainParams(ChannelParams):
     criterion: Criterion = "l1"
-    target_ratio: float = 0.5
+    target_ratio: float = bounded(0.5, 0.0, 0.99)
     retrain_epochs: int = epoch_field(1, "before_end")
-    """Fine-tuning epochs at the end of the budget (the dense phase gets the rest)."""
+    """Fine-tuning epochs at the end of the budget (the dense phase gets the rest, at least
+    one epoch)."""
     allocation: Allocation = "uniform"
-    layer_floor: float = 0.05
-    activation_batches: int = 10
-
-    def validate(self, epochs: int) -> None:
-        check_range("method_params.target_ratio", self.target_ratio, 0.0, 0.99)
-        if not 0 <= self.retrain_epochs < epochs:
-            raise ConfigError(
-                f"method_params.retrain_epochs must be in [0, {epochs - 1}] "
-                f"(the dense phase needs at least one of the {epochs} epochs), "
-                f"got {self.retrain_epochs}"
-            )
+    layer_floor: float = bounded(0.05, 0.0, 1.0)
+    activation_batches: int = bounded(10, 1, 1 << 20)
 
 
 @register_method

@@ -24,10 +24,11 @@ engine's counts at setup):
     loss = CE + budget_weight * [relu(P_soft / P_dense - target_params_ratio)
                                  + relu(M_soft / M_dense - target_macs_ratio)]
 
-Every ``interval`` epochs the channels whose factor is below ``threshold`` are removed (at
-least one per group stays). At ``end_epoch`` (default: the second-to-last epoch, so that the
-cut network trains one more epoch), or at the end of training if that was never reached,
-a final global cut by factor magnitude lands the network on the targets.
+Every ``interval`` epochs the channels whose factor is below ``threshold`` are removed (each
+group keeps ``layer_floor`` of its dense width, at least one channel). At ``end_epoch``
+(default: the second-to-last epoch, so that the cut network trains one more epoch), or at
+the end of training if that was never reached, a final global cut by factor magnitude
+lands the network on the targets (with the same floor).
 
 Choices the paper (as available to us) left open:
 
@@ -46,6 +47,7 @@ Choices the paper (as available to us) left open:
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -69,10 +71,15 @@ from autoprune.methods._gates import (
     gated_modules,
     resize_entries,
 )
-from autoprune.methods.base import ChannelParams, MethodParams, PruningMethod, register_method
+from autoprune.methods.base import (
+    ChannelParams,
+    MethodParams,
+    PruningMethod,
+    bounded,
+    register_method,
+)
 from autoprune.methods.timing import epoch_field
 from autoprune.surgery import ChannelGroup
-from autoprune.validation import check_range
 
 if TYPE_CHECKING:
     from autoprune.engine.context import TrainContext
@@ -83,24 +90,18 @@ _NORMS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm)
 
 @dataclass(frozen=True)
 class HFPParams(ChannelParams):
-    target_params_ratio: float = 0.5
-    target_macs_ratio: float = 0.5
-    budget_weight: float = 5.0
+    target_params_ratio: float = bounded(0.5, 0.0, 1.0, low_open=True)
+    target_macs_ratio: float = bounded(0.5, 0.0, 1.0, low_open=True)
+    budget_weight: float = bounded(5.0, 0.0, 1e6)
     interval: int = epoch_field(1, "every")
-    threshold: float = 0.01
+    threshold: float = bounded(0.01, 0.0, 1e3)
     end_epoch: int = epoch_field(0, "after")
     """Epoch of the final cut; 0 means ``max(1, epochs - 1)``."""
-    temperature: float = 0.5
+    temperature: float = bounded(0.5, 0.0, 100.0, low_open=True)
     """Of the soft channel count."""
-
-    def validate(self, epochs: int) -> None:
-        for key in ("target_params_ratio", "target_macs_ratio"):
-            check_range(f"method_params.{key}", getattr(self, key), 0.0, 1.0, low_open=True)
-        check_range("method_params.budget_weight", self.budget_weight, 0.0, 1e6)
-        check_range("method_params.interval", self.interval, 1, epochs)
-        check_range("method_params.threshold", self.threshold, 0.0, 1e3)
-        check_range("method_params.end_epoch", self.end_epoch, 0, epochs)
-        check_range("method_params.temperature", self.temperature, 0.0, 100.0, low_open=True)
+    layer_floor: float = bounded(0.1, 0.0, 1.0)
+    """No cut takes a layer below this fraction of its dense width (at least 1 channel):
+    a global ranking may otherwise leave a live layer with a single channel."""
 
     def resolved_end(self, epochs: int) -> int:
         return self.end_epoch or max(1, epochs - 1)
@@ -234,9 +235,16 @@ class HFP(PruningMethod):
         with torch.no_grad():
             return {k: self.factors(k).detach().cpu() for k in self.cost.widths}
 
+    def _candidates(self, ctx: TrainContext) -> list[tuple[float, str, int]]:
+        """Channels a cut may take, weakest first: each group keeps ``layer_floor`` of its
+        dense width."""
+        floor = self.params.layer_floor
+        keep = {k: math.ceil(floor * ctx.dense_widths.get(k, 1) - 1e-9) for k in self._scores()}
+        return candidates(self._scores(), keep)
+
     def _threshold_prune(self, ctx: TrainContext) -> int:
         assert self.cost is not None
-        order = [c for c in candidates(self._scores()) if c[0] < self.params.threshold]
+        order = [c for c in self._candidates(ctx) if c[0] < self.params.threshold]
         k = largest_prefix_above(order, Ratios(self.cost, self.dense), self.params.targets)
         return self._remove(ctx, as_plan(order[:k]))
 
@@ -247,7 +255,7 @@ class HFP(PruningMethod):
             if meets(self._counted(ctx), targets):
                 break
             assert self.cost is not None
-            cut = plan_cut(candidates(self._scores()), Ratios(self.cost, self.dense), targets)
+            cut = plan_cut(self._candidates(ctx), Ratios(self.cost, self.dense), targets)
             if not cut:
                 break
             removed += self._remove(ctx, as_plan(cut))

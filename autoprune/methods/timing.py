@@ -46,6 +46,18 @@ def epoch_field(default: int, kind: Kind, within: str | None = None) -> Any:
     return dataclasses.field(default=default, metadata={_KEY: EpochSpec(kind, within)})
 
 
+def epoch_bounds(spec: EpochSpec, default: Any, epochs: int) -> tuple[int, int]:
+    """Allowed values of an epoch-valued field in a run of ``epochs`` epochs: a period
+    ``[1, epochs]``; an epoch number ``[1, epochs]``, or ``[0, epochs]`` for a field whose
+    default 0 means "derived from the epochs"; a count at the end ``[0, epochs - 1]`` (the
+    rest of training needs one epoch)."""
+    if spec.kind == "every":
+        return 1, epochs
+    if spec.kind == "before_end":
+        return 0, epochs - 1
+    return (0 if default == 0 else 1), epochs
+
+
 def epoch_fields(params_cls: Any) -> dict[str, EpochSpec]:
     """The epoch-valued fields of a method's ``Params`` dataclass, by name."""
     return {f.name: f.metadata[_KEY] for f in dataclasses.fields(params_cls)
@@ -123,4 +135,5 @@ def describe(specs: Mapping[str, EpochSpec]) -> str:
     return ", ".join(f"{n} ({s.kind})" for n, s in specs.items())
 
 
-__all__ = ["EpochSpec", "describe", "epoch_field", "epoch_fields", "fit_boundaries", "rescale"]
+__all__ = ["EpochSpec", "describe", "epoch_bounds", "epoch_field", "epoch_fields",
+           "fit_boundaries", "rescale"]

@@ -71,9 +71,15 @@ from autoprune.methods._gates import (
     resize_entries,
     split_param_groups,
 )
-from autoprune.methods.base import ChannelParams, MethodParams, PruningMethod, register_method
+from autoprune.methods.base import (
+    ChannelParams,
+    MethodParams,
+    PruningMethod,
+    bounded,
+    register_method,
+)
 from autoprune.methods.timing import epoch_field
-from autoprune.validation import ConfigError, check_range
+from autoprune.validation import ConfigError
 
 if TYPE_CHECKING:
     from autoprune.engine.context import TrainContext
@@ -81,36 +87,29 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class VariationalParams(ChannelParams):
-    strength: float = 1.0
+    strength: float = bounded(1.0, 0.0, 1e6)
     """Trade-off between accuracy and pruning (0: no complexity pressure)."""
-    layer_vs_unit: float = 0.5
+    layer_vs_unit: float = bounded(0.5, 0.0, 1.0)
     """0: only channels pay for the cost; 1: only residual branches do."""
-    compute_vs_params: float = 0.5
+    compute_vs_params: float = bounded(0.5, 0.0, 1.0)
     """Weight of MACs (1) versus parameters (0) in the cost."""
-    prune_threshold: float = 0.05
-    init_theta: float = 1.0
-    theta_lr_scale: float = 5.0
+    prune_threshold: float = bounded(0.05, 0.0, 0.5, low_open=True)
+    """In (0, 0.5)."""
+    init_theta: float = bounded(1.0, 0.5, 1.0)
+    theta_lr_scale: float = bounded(5.0, 0.0, 1e6, low_open=True)
     """Thetas' lr = the network's lr x theta_lr_scale / (batches per epoch)."""
     estimator: Literal["straight_through", "concrete"] = "straight_through"
-    temperature: float = 0.5
+    temperature: float = bounded(0.5, 0.0, 100.0, low_open=True)
     """Of the concrete relaxation."""
     start_epoch: int = epoch_field(1, "from")
     """Gates act from this epoch on (before it: dense warm-up, every gate 1, thetas idle);
     structures are removed or fixed at the end of this epoch and later ones."""
 
-    def validate(self, epochs: int) -> None:
-        check_range("method_params.strength", self.strength, 0.0, 1e6)
-        check_range("method_params.layer_vs_unit", self.layer_vs_unit, 0.0, 1.0)
-        check_range("method_params.compute_vs_params", self.compute_vs_params, 0.0, 1.0)
-        check_range("method_params.prune_threshold", self.prune_threshold, 0.0, 0.5, low_open=True)
+    def check(self, epochs: int) -> None:
         if self.prune_threshold >= 0.5:
             raise ConfigError(
                 f"method_params.prune_threshold must be in (0, 0.5), got {self.prune_threshold}"
             )
-        check_range("method_params.init_theta", self.init_theta, 0.5, 1.0)
-        check_range("method_params.theta_lr_scale", self.theta_lr_scale, 0.0, 1e6, low_open=True)
-        check_range("method_params.temperature", self.temperature, 0.0, 100.0, low_open=True)
-        check_range("method_params.start_epoch", self.start_epoch, 1, epochs)
 
 
 @register_method

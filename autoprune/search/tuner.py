@@ -14,7 +14,7 @@ import logging
 import math
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -206,16 +206,22 @@ def concurrency(space: SearchSpace, local: bool) -> int:
     """
     import ray
 
-    total = ray.cluster_resources()
+    return space.max_concurrent or trials_that_fit(space, ray.cluster_resources(), local)
+
+
+def trials_that_fit(space: SearchSpace, total: Mapping[str, float], local: bool) -> int:
+    """How many trials the resources ``total`` (Ray's ``{"CPU": n, "GPU": m}``) hold at
+    once; fractional GPUs share a device (``gpu: 0.25``: four trials per GPU). On a
+    local machine a trial that cannot fit at all is a :class:`UserError`."""
     cpus, gpus = total.get("CPU", 0.0), total.get("GPU", 0.0)
     need = space.resources
     if local and (need.cpu > cpus or need.gpu > gpus):
-        raise UserError(f"resources: a trial needs {need.cpu} CPU and {need.gpu} GPU, "
+        raise UserError(f"resources: a trial needs {need.cpu:g} CPU and {need.gpu:g} GPU, "
                         f"this machine has {cpus:g} CPU and {gpus:g} GPU")
     fit = math.floor(cpus / need.cpu) if need.cpu else 1
     if need.gpu:
-        fit = min(fit, math.floor(gpus / need.gpu))
-    return space.max_concurrent or max(1, fit)
+        fit = min(fit, math.floor(gpus / need.gpu + 1e-9))
+    return max(1, fit)
 
 
 def check_start(request: SearchRequest) -> None:

@@ -1,0 +1,75 @@
+"""Where and how a training runs: device, mixed precision, memory format.
+
+- ``device``: ``auto`` (CUDA if there is one, else CPU), ``cpu``, ``cuda`` or ``cuda:N``.
+- ``precision``: ``auto`` trains in bfloat16 autocast on a CUDA device that supports it
+  and in float32 elsewhere (on CPU autocast costs more than it saves); ``bf16`` and
+  ``fp32`` force it. bfloat16 has float32's range, so there is no loss scaling and every
+  method sees true gradients. Weights, optimiser state, evaluation and every count stay
+  float32: FLOPs and latency are accounted as before.
+- ``memory_format``: ``auto`` is ``channels_last`` on CUDA (tensor-core convolutions) and
+  ``contiguous`` on CPU; re-applied after every surgery, since new tensors come back
+  contiguous.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from autoprune.errors import UserError
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"training.device is {name!r} but no CUDA device is available")
+    try:
+        return torch.device(name)
+    except RuntimeError as exc:
+        raise UserError(f"training.device {name!r} is not a device: use auto, cpu, cuda or "
+                        "cuda:N") from exc
+
+
+def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of the training steps (None: float32, no autocast)."""
+    if name == "fp32" or (name == "auto" and device.type != "cuda"):
+        return None
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        if name == "bf16":
+            raise UserError("training.precision is 'bf16' but this GPU does not support "
+                            "bfloat16; use fp32")
+        return None
+    return torch.bfloat16
+
+
+def resolve_memory_format(name: str, device: torch.device) -> torch.memory_format:
+    if name == "channels_last" or (name == "auto" and device.type == "cuda"):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def apply_memory_format(model: nn.Module, fmt: torch.memory_format) -> None:
+    """Lay out every 4-d parameter in ``fmt`` in place (parameters keep their identity, so
+    the optimiser keeps them)."""
+    if fmt == torch.contiguous_format:
+        return
+    for p in model.parameters():
+        if p.dim() == 4 and not p.is_contiguous(memory_format=fmt):
+            p.data = p.data.contiguous(memory_format=fmt)
+
+
+@contextlib.contextmanager
+def autocast(device: torch.device, dtype: torch.dtype | None) -> Iterator[None]:
+    if dtype is None:
+        yield
+        return
+    with torch.autocast(device_type=device.type, dtype=dtype):
+        yield
+
+
+__all__ = ["apply_memory_format", "autocast", "resolve_device", "resolve_memory_format",
+           "resolve_precision"]
