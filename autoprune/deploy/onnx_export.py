@@ -25,6 +25,7 @@ from torch import nn
 
 from autoprune.compute import batch_of, median_ms
 from autoprune.errors import UserError
+from autoprune.surgery.trace import trace_calls
 
 INPUT, OUTPUT = "input", "logits"
 PARITY_TOL = 1e-4
@@ -113,24 +114,10 @@ def _deepest(model: nn.Module, name: str, fails: Callable[[str], bool]) -> str:
 def _module_inputs(model: nn.Module, example: torch.Tensor) -> dict[str, tuple[Any, ...]]:
     """Each submodule's positional inputs during one eager forward pass (first call)."""
     seen: dict[str, tuple[Any, ...]] = {}
-    handles = []
-    for name, module in model.named_modules():
-        if not name:
-            continue
-
-        def keep(mod: nn.Module, args: tuple[Any, ...], name: str = name) -> None:
-            if name not in seen and all(isinstance(a, torch.Tensor) for a in args):
-                seen[name] = tuple(a.detach() for a in args)
-
-        handles.append(module.register_forward_pre_hook(keep))
-    try:
-        with torch.no_grad():
-            model(example)
-    except Exception:  # noqa: BLE001 - a network that fails eagerly: we keep what was seen
-        pass
-    finally:
-        for handle in handles:
-            handle.remove()
+    # a network that fails eagerly: we keep what was seen up to the failing layer
+    for call in trace_calls(model, example, before=True, eval_mode=False, tolerate_errors=True):
+        if call.name not in seen and all(isinstance(a, torch.Tensor) for a in call.inputs):
+            seen[call.name] = tuple(a.detach() for a in call.inputs)
     return seen
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from autoprune.surgery.trace import trace_calls
+
 _TAIL_TYPES = (nn.Conv2d, nn.Linear, nn.modules.batchnorm._BatchNorm)
 
 
@@ -43,23 +45,9 @@ def identity_blocks(model: nn.Module) -> list[str]:
 def branch_tails(model: nn.Module, x: torch.Tensor, blocks: list[str]) -> dict[str, str]:
     """Block name -> the last conv/linear/norm run inside it: the end of its branch, whose
     output a branch gate multiplies before the addition."""
-    order: list[str] = []
-    handles = [
-        m.register_forward_hook(lambda _m, _i, _o, n=n: order.append(n))
-        for n, m in model.named_modules()
-        if isinstance(m, _TAIL_TYPES)
-    ]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(x[:1])
-    finally:
-        model.train(was_training)
-        for h in handles:
-            h.remove()
+    calls = trace_calls(model, x[:1], lambda _n, m: isinstance(m, _TAIL_TYPES))
     tails: dict[str, str] = {}
-    for name in order:
+    for name in (c.name for c in calls):
         for block in blocks:
             if name.startswith(block + "."):
                 tails[block] = name

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from autoprune.surgery import DependencyIndex
+from autoprune.surgery.trace import is_leaf, trace_calls
 
 _ACTS = (nn.ReLU, nn.ReLU6, nn.PReLU, nn.ELU, nn.LeakyReLU)
 _POOLS = (
@@ -166,35 +167,19 @@ def _trace(
     calls: list[tuple[str, nn.Module, str | None, torch.Tensor, torch.Tensor]] = []
     group_of: dict[int, str | None] = {}
     latest: dict[tuple[int, ...], str | None] = {}
-
-    def hook(name: str, module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
-        x_in = inputs[0] if inputs and torch.is_tensor(inputs[0]) else None
-        if not torch.is_tensor(output) or x_in is None:
-            return
-        if name in out_of or isinstance(module, (nn.Conv2d, nn.Linear)):
-            key = out_of.get(name)
+    for call in trace_calls(model, x[:1], is_leaf):  # the records keep ids unique
+        x_in = call.inputs[0] if call.inputs and torch.is_tensor(call.inputs[0]) else None
+        if not torch.is_tensor(call.output) or x_in is None:
+            continue
+        if call.name in out_of or isinstance(call.module, (nn.Conv2d, nn.Linear)):
+            key = out_of.get(call.name)
         elif id(x_in) in group_of:
             key = group_of[id(x_in)]
         else:
             key = latest.get(tuple(x_in.shape))
-        group_of[id(output)] = key
-        latest[tuple(output.shape)] = key
-        calls.append((name, module, key, x_in, output))  # keeps tensors alive: ids stay unique
-
-    handles = [
-        m.register_forward_hook(lambda mod, i, o, n=n: hook(n, mod, i, o))
-        for n, m in model.named_modules()
-        if n and not any(True for _ in m.children())
-    ]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(x[:1])
-    finally:
-        model.train(was_training)
-        for h in handles:
-            h.remove()
+        group_of[id(call.output)] = key
+        latest[tuple(call.output.shape)] = key
+        calls.append((call.name, call.module, key, x_in, call.output))
     return calls
 
 

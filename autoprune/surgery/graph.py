@@ -18,6 +18,7 @@ import torch_pruning as tp
 from torch import nn
 
 from autoprune.errors import UserError
+from autoprune.surgery.trace import trace_calls
 
 ROOT_TYPES = (nn.Conv2d, nn.Linear)
 
@@ -58,24 +59,11 @@ class ChannelGroup:
 
 def find_classifier(model: nn.Module, example_input: torch.Tensor) -> nn.Module:
     """The layer that produces the logits: the last Conv/Linear run in a forward pass."""
-    executed: list[nn.Module] = []
-    hooks = [
-        m.register_forward_hook(lambda mod, _i, _o: executed.append(mod))
-        for m in model.modules()
-        if isinstance(m, (nn.Conv2d, nn.Linear))
-    ]
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(example_input[:1])
-    finally:
-        model.train(was_training)
-        for h in hooks:
-            h.remove()
+    layers = (nn.Conv2d, nn.Linear)
+    executed = trace_calls(model, example_input[:1], lambda _n, m: isinstance(m, layers))
     if not executed:
         raise ValueError("the model has no Conv2d or Linear layer")
-    return executed[-1]
+    return executed[-1].module
 
 
 class DependencyIndex:
@@ -226,19 +214,12 @@ def _deepest_failing(
 ) -> tuple[str, nn.Module]:
     """Descend from the model into the first child whose own trace fails the same way."""
     inputs: dict[nn.Module, tuple[object, ...]] = {}
-
-    def record(module: nn.Module, args: tuple[object, ...]) -> None:
-        inputs.setdefault(module, args)
-
-    hooks = [m.register_forward_pre_hook(record) for m in model.modules()]
     try:
-        with torch.no_grad():
-            model(example)
+        calls = trace_calls(model, example, lambda _n, _m: True, before=True, eval_mode=False)
     except Exception:  # the forward itself may fail; then only the model can be named
         return "", model
-    finally:
-        for h in hooks:
-            h.remove()
+    for call in calls:
+        inputs.setdefault(call.module, call.inputs)
 
     def fails(module: nn.Module) -> bool:
         args = inputs.get(module)
