@@ -152,21 +152,11 @@ class Done:
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A finished search with one completed trial (100 MACs) in an MLflow SQLite store."""
-    from autoprune.search.store import artifact_location, open_client
+    from _mlflow import search_store
 
-    path = tmp_path_factory.mktemp("store") / "mlflow.db"
-    uri = f"sqlite:///{path}"
-    client = open_client(uri)
-    exp = client.create_experiment("s", artifact_location=artifact_location(uri, "s"))
-    parent = client.create_run(exp, tags={"autoprune.role": "search"}).info.run_id
-    client.log_param(parent, "objectives", "accuracy,macs")
-    run = client.create_run(exp, tags={"autoprune.role": "trial", "mlflow.parentRunId": parent,
-                                       "autoprune.trial_id": "t0",
-                                       "autoprune.status": "completed"}).info.run_id
-    for key, value in {"accuracy": 0.9, "macs": 100.0, "params": 10.0}.items():
-        client.log_metric(run, key, value, step=1)
-    client.set_terminated(run, "FINISHED")
-    return path
+    folder = tmp_path_factory.mktemp("store")
+    search_store(folder, [("t0", "completed", {"accuracy": 0.9, "macs": 100.0, "params": 10.0})])
+    return folder / "mlflow.db"
 
 
 @pytest.fixture(scope="module")

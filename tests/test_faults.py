@@ -29,6 +29,7 @@ from typing import Any
 
 import pytest
 import yaml
+from _mlflow import mlflow_server
 from _processes import Processes, descendants, free_port, wait_for_port
 
 from autoprune.cli import main
@@ -146,14 +147,6 @@ def test_retried_trial_resumes_from_its_checkpoint_in_its_pruned_shape(
 
 
 # --- 5. the MLflow tracking server goes away mid-search ------------------------------------
-
-def mlflow_server(procs: Processes, folder: Path, port: int, name: str) -> Any:
-    proc = procs.start(name, [sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
-                              f"sqlite:///{folder / 'server.db'}", "--host", "127.0.0.1",
-                              "--port", str(port), "--workers", "1"], cwd=folder)
-    wait_for_port(port, 120, process=proc.popen)
-    return proc
-
 
 @pytest.mark.slow
 def test_tracking_server_restarted_mid_search_loses_nothing(

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from autoprune.cli import main
 from autoprune.errors import UserError
@@ -28,28 +27,12 @@ TRIALS = [
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> str:
     """An MLflow SQLite store holding one search, as the tracking callback writes it."""
-    from autoprune.search.store import artifact_location, open_client
+    from _mlflow import search_store
 
-    folder = tmp_path_factory.mktemp("mlflow")
-    uri = f"sqlite:///{folder / 'mlflow.db'}"
-    client = open_client(uri)
-    exp = client.create_experiment("s", artifact_location=artifact_location(uri, "s"))
-    parent = client.create_run(exp, tags={"autoprune.role": "search"}).info.run_id
-    client.log_param(parent, "objectives", "accuracy,macs")
-    for trial, status, acc, macs, params in TRIALS:
-        run = client.create_run(exp, tags={
-            "autoprune.role": "trial", "mlflow.parentRunId": parent,
-            "autoprune.trial_id": trial, "autoprune.status": status}).info.run_id
-        client.log_param(run, "method", "filter")
-        for key, value in {"accuracy": acc, "macs": macs, "params": params,
-                           "macs_ratio": macs / 1000.0}.items():
-            client.log_metric(run, key, value, step=3)
-        config = {"model": "small_cnn", "dataset": {"name": "digits"},
-                  "training": {"epochs": 1, "batch_size": 64, "lr": 0.05, "seed": 0},
-                  "method": "filter", "method_params": {"target_ratio": 0.5, "end_epoch": 1}}
-        client.log_text(run, yaml.safe_dump(config), "train_config.yaml")
-        client.set_terminated(run, "FINISHED" if status == "completed" else "FAILED")
-    return uri
+    trials = [(trial, status, {"accuracy": acc, "macs": macs, "params": params,
+                               "macs_ratio": macs / 1000.0})
+              for trial, status, acc, macs, params in TRIALS]
+    return search_store(tmp_path_factory.mktemp("mlflow"), trials, step=3, config=True)
 
 
 def pick(uri: str, *flags: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, Any, str]:
