@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from autoprune.models._init import init_weights
 from autoprune.models._registry import register_model, reject_kwargs
 
 __all__ = ["BasicBlock", "CifarResNet"]
@@ -79,16 +80,7 @@ class CifarResNet(nn.Module):
         self.layer1, self.layer2, self.layer3 = stages
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(in_planes, num_classes)
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        """Kaiming-normal convs (fan_out, as in torchvision) and BN weight 1, bias 0."""
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_weights(self, linear_std=None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of shape ``(N, num_classes)``; works for any input of at least 1x1."""

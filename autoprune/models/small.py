@@ -7,25 +7,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from autoprune.models._init import init_weights
 from autoprune.models._registry import register_model, reject_kwargs
 from autoprune.models.cifar_resnet import CifarResNet
 
 __all__ = ["InvertedResidual", "SmallCNN", "SmallMobileNet"]
-
-
-def _init_weights(model: nn.Module) -> None:
-    """Kaiming-normal convs, BN weight 1 bias 0, Linear N(0, 0.01) with zero bias."""
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Linear):
-            nn.init.normal_(m.weight, 0.0, 0.01)
-            nn.init.zeros_(m.bias)
 
 
 def _conv_bn(
@@ -61,7 +47,7 @@ class SmallCNN(nn.Module):
         self.features = nn.Sequential(*layers)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(64, num_classes)
-        _init_weights(self)
+        init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of shape ``(N, num_classes)``."""
@@ -109,7 +95,7 @@ class SmallMobileNet(nn.Module):
         self.features = nn.Sequential(*layers)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(head, num_classes)
-        _init_weights(self)
+        init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of shape ``(N, num_classes)``."""
