@@ -202,6 +202,7 @@ def test_bad_arguments_raise_user_error() -> None:
 @pytest.fixture
 def scratch_registry() -> Iterator[None]:
     """Undo registrations made by a test."""
+    _registry.list_models()  # the lazy families first, so that the snapshot has them
     infos, builders = dict(_registry._INFOS), dict(_registry._BUILDERS)
     yield
     _registry._INFOS.clear()

@@ -1,8 +1,9 @@
 """Model registry: maps a name to a builder function and its metadata (timm-style).
 
 Builders register themselves with :func:`register_model` when their module is imported;
-``autoprune.models`` imports every model module, so the registry is complete once the
-package is imported. Builders have the signature
+``autoprune.models`` imports every model module. A family whose names are expensive to
+learn (torchvision's: importing it costs seconds) registers a *provider* instead, run the
+first time a listing or an unknown name needs the complete registry. Builders have the signature
 ``builder(num_classes, in_channels, input_size, **kwargs) -> nn.Module``.
 """
 
@@ -25,6 +26,7 @@ __all__ = [
     "list_models",
     "model_info",
     "register_model",
+    "register_provider",
     "reject_kwargs",
 ]
 
@@ -50,6 +52,18 @@ class ModelInfo:
 
 _INFOS: dict[str, ModelInfo] = {}
 _BUILDERS: dict[str, Builder] = {}
+_PROVIDERS: list[Callable[[], None]] = []
+
+
+def register_provider(provider: Callable[[], None]) -> None:
+    """``provider()`` registers more models; it runs once, when a listing or a name not yet
+    registered needs them."""
+    _PROVIDERS.append(provider)
+
+
+def _complete() -> None:
+    while _PROVIDERS:
+        _PROVIDERS.pop(0)()
 
 
 SUPPORT_KINDS: tuple[str, ...] = ("prune", "grow", "layers")
@@ -89,6 +103,7 @@ def register_model(
 
 def list_models(pattern: str | None = None) -> list[str]:
     """Sorted names of all registered models, optionally filtered by an fnmatch pattern."""
+    _complete()
     names = sorted(_INFOS)
     if pattern is None:
         return names
@@ -97,6 +112,8 @@ def list_models(pattern: str | None = None) -> list[str]:
 
 def model_info(name: str) -> ModelInfo:
     """Metadata of a registered model; raises :class:`UserError` for an unknown name."""
+    if name not in _INFOS:
+        _complete()
     try:
         return _INFOS[name]
     except KeyError:

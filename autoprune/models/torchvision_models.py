@@ -3,7 +3,9 @@
 Transformers (``vit_*``, ``swin_*``, ``maxvit_*``) are left out. Models are built with
 ``weights=None`` and the requested ``num_classes``; for ``in_channels != 3`` the first
 ``nn.Conv2d`` (in ``modules()`` order) is replaced by a fresh one with the same geometry.
-Only names are registered at import time; nothing is instantiated.
+Names are registered the first time the registry needs them (a listing, or a name that is
+not one of autoprune's own models), so that importing autoprune does not import
+torchvision; nothing is instantiated.
 """
 
 from __future__ import annotations
@@ -11,13 +13,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-import torchvision
 from torch import nn
 
 from autoprune.errors import UserError
-from autoprune.models._registry import register_model
+from autoprune.models._registry import register_model, register_provider
 
-__all__ = ["TORCHVISION_MODELS", "replace_first_conv"]
+__all__ = ["replace_first_conv", "torchvision_names"]
 
 T = TypeVar("T")
 
@@ -122,6 +123,8 @@ def _make_builder(tv_name: str) -> Callable[..., nn.Module]:
         reserved = {"weights", "num_classes"} & kwargs.keys()
         if reserved:
             raise UserError(f"model {tv_name!r}: option(s) {sorted(reserved)} are set by autoprune")
+        import torchvision
+
         options = {**_EXTRA_KWARGS.get(tv_name, {}), **kwargs}
         model = torchvision.models.get_model(
             tv_name, weights=None, num_classes=num_classes, **options
@@ -133,18 +136,24 @@ def _make_builder(tv_name: str) -> Callable[..., nn.Module]:
     return builder
 
 
-TORCHVISION_MODELS: tuple[str, ...] = tuple(
-    name
-    for name in torchvision.models.list_models(module=torchvision.models)
-    if not name.startswith(_EXCLUDED_PREFIXES)
-)
+def torchvision_names() -> tuple[str, ...]:
+    """torchvision's classification CNNs (transformers left out)."""
+    import torchvision
 
-for _name in TORCHVISION_MODELS:
-    register_model(
-        _name,
-        "torchvision",
-        min_input_size=_by_prefix(_MIN_INPUT_SIZE, _name, _DEFAULT_MIN_INPUT_SIZE),
-        description=f"torchvision {_name} (weights=None; first conv adapted to in_channels)"
-        + _by_prefix(_NOTES, _name, ""),
-        supports=_by_prefix(_SUPPORTS, _name, _DEFAULT_SUPPORTS),
-    )(_make_builder(_name))
+    return tuple(name for name in torchvision.models.list_models(module=torchvision.models)
+                 if not name.startswith(_EXCLUDED_PREFIXES))
+
+
+def _register_all() -> None:
+    for name in torchvision_names():
+        register_model(
+            name,
+            "torchvision",
+            min_input_size=_by_prefix(_MIN_INPUT_SIZE, name, _DEFAULT_MIN_INPUT_SIZE),
+            description=f"torchvision {name} (weights=None; first conv adapted to in_channels)"
+            + _by_prefix(_NOTES, name, ""),
+            supports=_by_prefix(_SUPPORTS, name, _DEFAULT_SUPPORTS),
+        )(_make_builder(name))
+
+
+register_provider(_register_all)
