@@ -123,12 +123,15 @@ def run_one(model: str, key: str, method: str, params: dict[str, Any], seed: int
     })
     out = Path(args["workdir"]) / f"{model}_{key.replace('/', '_')}_seed{seed}"
     s = train(config, out, progress=False, resume=False)
+    measured = [d for e in s["epochs"] for d in (e.get("densities") or {}).values()
+                if d is not None]
+    extra = {"density_range": [min(measured), max(measured)]} if measured else {}
     return {
         "model": model, "method": method, "variant": key.split("/", 1)[1], "seed": seed,
         "accuracy": s["accuracy"], "val_accuracy": s["val_accuracy"],
         "macs_ratio": s["macs"] / s["dense_macs"], "params_ratio": s["params"] / s["dense_params"],
         "train_flops_ratio": s["train_flops"] / s["dense_train_flops"],
-        "wall_s": s["wall_time_s"], "params": params,
+        "wall_s": s["wall_time_s"], "params": params, **extra,
     }
 
 
