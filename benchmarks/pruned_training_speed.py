@@ -4,24 +4,34 @@ Prints, from one run on one machine:
 
 (a) for a CIFAR ResNet and a CIFAR VGG, pruned (uniform L1, through autoprune's surgery) to
     MACs ratios near 0.5 and 0.25: the training-step time ratio pruned/dense beside the
-    MACs ratio. Steps of the dense and pruned networks are timed interleaved (ABAB...),
-    and medians compared, so that machine noise hits both alike.
+    MACs ratio, for each memory format (``contiguous``, ``channels_last``). Steps of the
+    dense and pruned networks are timed interleaved (ABAB...), and medians compared, so
+    that machine noise hits both alike; the dense contiguous step is the reference of
+    every ratio, so a layout that speeds up the dense network shows as well.
+(p) where a step's time goes (torch.profiler, self CPU time by kind of op: convolutions,
+    batch norm, ReLU, additions, the rest), dense vs pruned at MACs 0.25: the share of
+    each kind, and each kind's own time ratio pruned/dense.
+(c) with ``--compile``: what ``torch.compile`` costs (the first, compiling step) and saves
+    (median step after) on the dense and the pruned (MACs 0.25) network, in the last
+    memory format. A structural change recompiles, so it pays only when the savings over
+    the steps until the next change exceed the compile time.
 (b) the engine's dense epoch time (``time_s`` of ``autoprune.engine.train``, method
-    ``dense``) beside a minimal hand-written PyTorch loop on the same model, data and
-    batch size, as an overhead percentage.
+    ``dense``, the engine's default memory format) beside a minimal hand-written PyTorch
+    loop on the same model, data, batch size and layout, as an overhead percentage.
 
 Usage::
 
     .venv/bin/python benchmarks/pruned_training_speed.py            # 28x28, Fashion-MNIST
     .venv/bin/python benchmarks/pruned_training_speed.py --size 32 --steps 30 --device cuda
 
-Results are also written to ``benchmarks/results/pruned_training_speed.md``.
+Results are also written to ``benchmarks/results/pruned_training_speed.{md,json}``.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import json
 import statistics
 import time
 from pathlib import Path
@@ -34,11 +44,13 @@ from autoprune.compute import count_macs_params
 from autoprune.config import parse_train_config
 from autoprune.data import load_dataset
 from autoprune.engine import train
+from autoprune.engine.hardware import resolve_memory_format
 from autoprune.methods.criteria import l1_importance, uniform_plan
 from autoprune.models import create_model
 from autoprune.surgery import DependencyIndex, remove_channels
 
 RESULTS = Path(__file__).parent / "results" / "pruned_training_speed.md"
+FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
 
 
 def prune_to_macs_ratio(model: nn.Module, x: torch.Tensor, target: float) -> nn.Module:
@@ -61,12 +73,18 @@ def prune_to_macs_ratio(model: nn.Module, x: torch.Tensor, target: float) -> nn.
     return best
 
 
-def step_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor):  # noqa: ANN201
+def step_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor,  # noqa: ANN201
+            fmt: torch.memory_format = torch.contiguous_format, compiled: bool = False):
+    """One SGD step of a copy of ``model`` laid out in ``fmt`` (through ``torch.compile``
+    with ``compiled``)."""
+    model = copy.deepcopy(model).to(memory_format=fmt)
+    x = x.contiguous(memory_format=fmt)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    forward = torch.compile(model) if compiled else model
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x), y).backward()
+        F.cross_entropy(forward(x), y).backward()
         opt.step()
 
     return step
@@ -85,7 +103,8 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def step_time_ratios(name: str, args: argparse.Namespace, device: torch.device) -> list[str]:
+def step_time_ratios(name: str, args: argparse.Namespace, device: torch.device,
+                     out: list[dict]) -> list[str]:
     torch.manual_seed(0)
     model = create_model(name, num_classes=10, in_channels=1, input_size=args.size).to(device)
     x = torch.randn(args.batch, 1, args.size, args.size, device=device)
@@ -95,25 +114,109 @@ def step_time_ratios(name: str, args: argparse.Namespace, device: torch.device) 
     for target in (0.5, 0.25):
         pruned = prune_to_macs_ratio(model, x, target)
         macs_ratio = count_macs_params(pruned, x)[0] / dense_macs
-        steps = {"dense": step_fn(model, x, y), "pruned": step_fn(pruned, x, y)}
-        times: dict[str, list[float]] = {"dense": [], "pruned": []}
+        steps = {(kind, fmt): step_fn(net, x, y, FORMATS[fmt])
+                 for kind, net in (("dense", model), ("pruned", pruned)) for fmt in args.formats}
+        times: dict[tuple[str, str], list[float]] = {k: [] for k in steps}
         for i in range(args.warmup + args.steps):
             for key, step in steps.items():
                 t = timed(step, device)
                 if i >= args.warmup:
                     times[key].append(t)
-        dense_t, pruned_t = (statistics.median(times[k]) for k in ("dense", "pruned"))
-        ratio = pruned_t / dense_t
-        verdict = "yes" if ratio <= macs_ratio + 0.10 else "no"
-        rows.append(f"| {name} | {args.size}x{args.size} | {macs_ratio:.3f} | {ratio:.3f} | "
-                    f"{dense_t * 1e3:.1f} | {pruned_t * 1e3:.1f} | {verdict} |")
+        median = {k: statistics.median(v) for k, v in times.items()}
+        reference = median[("dense", args.formats[0])]
+        for fmt in args.formats:
+            dense_t, pruned_t = median[("dense", fmt)], median[("pruned", fmt)]
+            ratio = pruned_t / dense_t
+            out.append({"model": name, "input": args.size, "memory_format": fmt,
+                        "macs_ratio": macs_ratio, "time_ratio": ratio,
+                        "time_ratio_vs_dense_reference": pruned_t / reference,
+                        "dense_ms": dense_t * 1e3, "pruned_ms": pruned_t * 1e3,
+                        "dense_vs_reference": dense_t / reference})
+            verdict = "yes" if ratio <= macs_ratio + 0.05 else "no"
+            rows.append(f"| {name} | {fmt} | {macs_ratio:.3f} | {ratio:.3f} | "
+                        f"{pruned_t / reference:.3f} | {dense_t * 1e3:.1f} | "
+                        f"{pruned_t * 1e3:.1f} | {verdict} |")
+            print(rows[-1], flush=True)
+    return rows
+
+
+KINDS = {"convolution": ("convolution",), "batch norm": ("batch_norm",),
+         "ReLU": ("threshold_backward", "clamp_min", "relu"), "additions": ("aten::add",)}
+
+
+def op_shares(step, steps: int) -> dict[str, float]:  # noqa: ANN001
+    """Self CPU seconds per step by kind of op (:data:`KINDS`, else ``rest``)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    for _ in range(2):
+        step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+    out = dict.fromkeys([*KINDS, "rest"], 0.0)
+    for event in prof.key_averages():
+        if not event.key.startswith("aten::"):
+            continue
+        kind = next((k for k, words in KINDS.items() if any(w in event.key for w in words)),
+                    "rest")
+        out[kind] += event.self_cpu_time_total / 1e6 / steps
+    return out
+
+
+def profile_rows(name: str, args: argparse.Namespace, device: torch.device,
+                 out: dict) -> list[str]:
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=10, in_channels=1, input_size=args.size).to(device)
+    x = torch.randn(args.batch, 1, args.size, args.size, device=device)
+    y = torch.randint(0, 10, (args.batch,), device=device)
+    pruned = prune_to_macs_ratio(model, x, 0.25)
+    fmt = FORMATS[args.formats[-1]]
+    dense_s = op_shares(step_fn(model, x, y, fmt), args.profile_steps)
+    pruned_s = op_shares(step_fn(pruned, x, y, fmt), args.profile_steps)
+    total_d, total_p = sum(dense_s.values()), sum(pruned_s.values())
+    out[name] = {"memory_format": args.formats[-1], "dense_s": dense_s, "pruned_s": pruned_s}
+    rows = []
+    for kind in dense_s:
+        ratio = pruned_s[kind] / dense_s[kind] if dense_s[kind] else float("nan")
+        rows.append(f"| {name} | {kind} | {100 * dense_s[kind] / total_d:.1f}% | "
+                    f"{100 * pruned_s[kind] / total_p:.1f}% | {ratio:.3f} |")
+    rows.append(f"| {name} | all | 100% | 100% | {total_p / total_d:.3f} |")
+    print("\n".join(rows), flush=True)
+    return rows
+
+
+def compile_rows(name: str, args: argparse.Namespace, device: torch.device,
+                 out: list[dict]) -> list[str]:
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=10, in_channels=1, input_size=args.size).to(device)
+    x = torch.randn(args.batch, 1, args.size, args.size, device=device)
+    y = torch.randint(0, 10, (args.batch,), device=device)
+    fmt = FORMATS[args.formats[-1]]
+    rows = []
+    for kind, net in (("dense", model), ("pruned 0.25", prune_to_macs_ratio(model, x, 0.25))):
+        steps = {c: step_fn(net, x, y, fmt, compiled=c) for c in (False, True)}
+        first = {c: timed(step, device) for c, step in steps.items()}
+        times: dict[bool, list[float]] = {False: [], True: []}
+        for _ in range(args.steps):
+            for c, step in steps.items():
+                times[c].append(timed(step, device))
+        eager, comp = statistics.median(times[False]), statistics.median(times[True])
+        out.append({"model": name, "network": kind, "compile_s": first[True],
+                    "eager_ms": eager * 1e3, "compiled_ms": comp * 1e3})
+        breakeven = first[True] / max(eager - comp, 1e-9)
+        rows.append(f"| {name} | {kind} | {first[True]:.1f} | {eager * 1e3:.1f} | "
+                    f"{comp * 1e3:.1f} | {comp / eager:.3f} | "
+                    f"{breakeven:.0f} |" if comp < eager else
+                    f"| {name} | {kind} | {first[True]:.1f} | {eager * 1e3:.1f} | "
+                    f"{comp * 1e3:.1f} | {comp / eager:.3f} | never |")
         print(rows[-1], flush=True)
     return rows
 
 
 def minimal_epoch(model: nn.Module, x_all: torch.Tensor, y_all: torch.Tensor, batch: int,
                   seed: int) -> float:
-    """The plainest PyTorch loop: shuffle, slice, forward, backward, step."""
+    """The plainest PyTorch loop: shuffle, slice, forward, backward, step (in the layout of
+    ``x_all``)."""
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
     model.train()
     order = torch.randperm(len(x_all), generator=torch.Generator().manual_seed(seed))
@@ -143,9 +246,11 @@ def engine_overhead(args: argparse.Namespace, device: torch.device) -> str:
     data = load_dataset(dataset, train_subset=args.subset, seed=0, batch_size=args.batch,
                         device=device, val_fraction=0.0)
     xs, ys = zip(*data.train)
-    x_all, y_all = torch.cat(xs), torch.cat(ys)
+    fmt = resolve_memory_format(config.training.memory_format, device)
+    x_all, y_all = torch.cat(xs).contiguous(memory_format=fmt), torch.cat(ys)
     torch.manual_seed(0)
     model = create_model(args.overhead_model, 10, data.in_channels, data.input_size).to(device)
+    model = model.to(memory_format=fmt)
     plain_times = [minimal_epoch(model, x_all, y_all, args.batch, e) for e in range(args.epochs)]
     summary = train(config, Path(args.workdir) / "engine", progress=False, resume=False)
     engine_times = [e["time_s"] for e in summary["epochs"]]
@@ -153,7 +258,8 @@ def engine_overhead(args: argparse.Namespace, device: torch.device) -> str:
     engine_t, plain_t = min(engine_times), min(plain_times)
     overhead = 100 * (engine_t / plain_t - 1)
     return (f"| {args.overhead_model} | {dataset} ({len(x_all)} samples) | {args.batch} | "
-            f"{engine_t:.2f} | {plain_t:.2f} | {overhead:+.1f}% |")
+            f"{config.training.memory_format} ({fmt}) | {engine_t:.2f} | {plain_t:.2f} | "
+            f"{overhead:+.1f}% |")
 
 
 def main() -> None:
@@ -163,6 +269,11 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=20, help="timed steps per network")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--models", nargs="+", default=["cifar_resnet20", "cifar_vgg11"])
+    p.add_argument("--formats", nargs="+", choices=list(FORMATS),
+                   default=["contiguous", "channels_last"])
+    p.add_argument("--profile-steps", type=int, default=5)
+    p.add_argument("--compile", action="store_true",
+                   help="also time torch.compile (part c; minutes on a CPU)")
     p.add_argument("--overhead-model", default="cifar_resnet20")
     p.add_argument("--subset", type=int, default=5000, help="training samples for part (b)")
     p.add_argument("--epochs", type=int, default=3,
@@ -171,22 +282,46 @@ def main() -> None:
     p.add_argument("--workdir", default="runs/bench")
     args = p.parse_args()
     device = torch.device(args.device)
-    lines = [f"device: {device} ({torch.get_num_threads()} threads), torch {torch.__version__}",
-             "", "(a) training-step time, pruned vs dense (median of interleaved steps)", "",
-             "| model | input | MACs ratio | time ratio | dense ms/step | pruned ms/step | "
-             "time <= MACs + 0.10 |", "|---|---|---|---|---|---|---|"]
+    head = f"device: {device} ({torch.get_num_threads()} threads), torch {torch.__version__}"
+    lines = [head, "", "(a) training-step time, pruned vs dense (median of interleaved "
+             f"steps; reference: the dense {args.formats[0]} step)", "",
+             "| model | memory format | MACs ratio | time ratio | vs dense reference | "
+             "dense ms/step | pruned ms/step | time <= MACs + 0.05 |",
+             "|---|---|---|---|---|---|---|---|"]
     print("\n".join(lines), flush=True)
+    speed: list[dict] = []
     for name in args.models:
-        lines += step_time_ratios(name, args, device)
+        lines += step_time_ratios(name, args, device, speed)
+    prof_head = ["", f"(p) where a step's time goes, dense vs pruned to MACs 0.25 "
+                 f"({args.formats[-1]}, self CPU time)", "",
+                 "| model | kind of op | share dense | share pruned | pruned/dense |",
+                 "|---|---|---|---|---|"]
+    print("\n".join(prof_head), flush=True)
+    lines += prof_head
+    profiles: dict = {}
+    if device.type == "cpu":
+        for name in args.models:
+            lines += profile_rows(name, args, device, profiles)
+    compiled: list[dict] = []
+    if args.compile:
+        comp_head = ["", f"(c) torch.compile ({args.formats[-1]})", "",
+                     "| model | network | compile s | eager ms/step | compiled ms/step | "
+                     "compiled/eager | steps to pay back |", "|---|---|---|---|---|---|---|"]
+        print("\n".join(comp_head), flush=True)
+        lines += comp_head + compile_rows(args.models[0], args, device, compiled)
     tail = ["", "(b) engine vs minimal PyTorch loop, dense epoch (best of "
-            f"{args.epochs})", "", "| model | data | batch | engine s/epoch | plain s/epoch | "
-            "overhead |", "|---|---|---|---|---|---|"]
+            f"{args.epochs})", "", "| model | data | batch | memory format | engine s/epoch | "
+            "plain s/epoch | overhead |", "|---|---|---|---|---|---|---|"]
     print("\n".join(tail), flush=True)
     row = engine_overhead(args, device)
     print(row)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text("\n".join(lines + tail + [row]) + "\n")
-    print(f"\nwritten to {RESULTS}")
+    RESULTS.with_suffix(".json").write_text(json.dumps(
+        {"device": head, "args": vars(args), "speed": speed, "profile": profiles,
+         "compile": compiled,
+         "engine_overhead_row": row}, indent=2))
+    print(f"\nwritten to {RESULTS} and {RESULTS.with_suffix('.json')}")
 
 
 if __name__ == "__main__":
