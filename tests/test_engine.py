@@ -123,3 +123,22 @@ def test_diverging_loss_stops_the_run(tmp_path, monkeypatch) -> None:
     with pytest.raises(TrainingDiverged, match="loss became nan at epoch 2"):
         train(config, tmp_path, progress=False)
     assert not (tmp_path / "summary.json").exists()
+
+
+def test_a_checkpoint_from_before_a_new_setting_still_resumes(tmp_path) -> None:
+    """A checkpoint records its run's config; one written before a setting existed (here
+    ``training.precision``) is that setting at its default, not another run."""
+    import json
+
+    from autoprune.config import parse_train_config
+    from autoprune.engine.loop import _check_same_run
+    from autoprune.errors import UserError
+
+    config = parse_train_config({"model": "small_cnn", "dataset": "digits",
+                                 "training": {"epochs": 3}, "method": "dense"})
+    old = config.to_dict()
+    del old["training"]["precision"]
+    _check_same_run(json.dumps(old), config, tmp_path / "checkpoint.pt")  # no error
+    old["training"]["epochs"] = 2
+    with pytest.raises(UserError, match="training.epochs: 2 -> 3"):
+        _check_same_run(json.dumps(old), config, tmp_path / "checkpoint.pt")
