@@ -11,8 +11,9 @@ import torch
 # The longest modules first: ``make test`` runs ``pytest -n 2 --dist loadscope`` (each
 # module on one worker, so a module's Ray cluster or MLflow server starts once), and a long
 # module started last would run alone at the end.
-LONGEST_FIRST = ("test_faults", "test_cluster_e2e", "test_search_moasha", "test_bad_input",
-                 "test_models", "test_search_resume", "test_search_e2e", "test_faults_cluster")
+LONGEST_FIRST = ("test_faults", "test_cluster_e2e", "test_search_moasha", "test_models",
+                 "test_search_resume", "test_search_e2e", "test_faults_cluster",
+                 "test_method_contract", "test_bad_input", "test_deploy")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
