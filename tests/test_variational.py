@@ -142,3 +142,36 @@ def test_mobilenet_branch_removal(tmp_path: Path) -> None:
     reloaded = autoprune.load_model(tmp_path / "model.pt")
     assert any(getattr(m, "autoprune_removed", False) for m in reloaded.modules())
     assert summary["macs"] < summary["dense_macs"]
+
+
+def test_a_groups_last_channel_stays_on(tmp_path: Path) -> None:
+    """When every gate of a group closes, the group keeps its strongest channel with the
+    gate fixed at 1: evaluation sees the network training ends with, not a zeroed group."""
+    torch.manual_seed(0)
+    data = load_dataset("digits", train_subset=64, seed=0, batch_size=32)
+    model = create_model("small_resnet", 10, 1, 8)
+    x, y = next(iter(data.train))
+    ctx = TrainContext(model, (x, y), data.train, 3, torch.device("cpu"))
+    method = create_method("variational", {"strength": 1.0}, 3)
+    method.setup(ctx)
+    bank = getattr(model, GATES_ATTR)
+    key = "layer1.0.conv1"
+    with torch.no_grad():
+        theta = bank.get("unit", key)
+        theta.fill_(0.01)
+        theta[3] = 0.02
+    method.on_epoch_end(ctx, 1)
+    assert ctx.widths()[key] == 1
+    fixed = bank.get("fixed", key)
+    assert fixed is None or float(fixed[0]) == 1.0  # a fully fixed group loses its gates
+    kept = bank.get("unit", key)
+    assert kept is None or float(kept[0]) == 1.0
+    method.on_epoch_start(ctx, 2)  # gates re-hooked, as the engine does before epoch 2
+    model.eval()
+    with torch.no_grad():
+        inner: dict[str, torch.Tensor] = {}
+        handle = model.get_submodule("layer1.0.bn1").register_forward_hook(
+            lambda _m, _i, out: inner.setdefault("out", out))
+        model(x[:4])
+        handle.remove()
+    assert float(inner["out"].abs().sum()) > 0  # the kept channel is not gated to zero

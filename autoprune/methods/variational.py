@@ -42,7 +42,8 @@ Choices left open (the method section was not available to us in full):
   defend drift shut, which would prune "for free".)
 - ``start_epoch``: the epochs before it train the dense network (gates at 1, thetas idle).
   From its end on, after each epoch: theta < ``prune_threshold`` removes the structure
-  (channels cut, a branch replaced by the identity; at least one channel per group stays);
+  (channels cut, a branch replaced by the identity; at least one channel per group stays,
+  its gate fixed at 1);
   theta > 1 - ``prune_threshold`` fixes the gate at 1 (it no longer samples; a group or
   branch whose gates are all fixed loses them). At the end, every structure with
   theta < 0.5 is removed and all gates go: the result is a plain deterministic network.
@@ -299,9 +300,14 @@ class Variational(PruningMethod):
         plan: dict[str, list[int]] = {}
         keep: dict[tuple[str, str], torch.Tensor] = {}
         for key, theta in bank.items(UNIT):
-            drop = (theta.detach() < below) & (bank.get(FIXED, key) <= 0)  # type: ignore[operator]
-            if bool(drop.all()):
-                drop[int(theta.detach().argmax())] = False  # a group keeps one channel
+            fixed = bank.get(FIXED, key)
+            assert fixed is not None
+            drop = (theta.detach() < below) & (fixed <= 0)
+            if bool(drop.all()):  # a group keeps one channel, and it is on for good: else
+                best = int(theta.detach().argmax())  # evaluation (z = [theta >= 0.5])
+                drop[best] = False  # would see a network the final one is not
+                with torch.no_grad():
+                    theta[best], fixed[best] = 1.0, 1.0
             if bool(drop.any()):
                 plan[key] = drop.nonzero().flatten().tolist()
         plan = ctx.executable_plan(plan)  # round_to and grouped convs may spare some
