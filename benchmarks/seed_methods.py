@@ -235,6 +235,10 @@ def main() -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, help="torch threads per run (default: the profile's)")
     p.add_argument("--redo", action="store_true", help="run the selected rows again")
+    p.add_argument("--results", help="JSON file stem under results/ (default: the profile's)")
+    p.add_argument("--merge", nargs="+", default=[], metavar="JSON",
+                   help="first take the rows of these result files (theirs win), e.g. "
+                        "rows rerun into another --results file while this one ran")
     p.add_argument("--workdir", default="runs/bench/seed_methods")
     ns = p.parse_args()
     prof = PROFILES[ns.profile]
@@ -251,8 +255,13 @@ def main() -> None:
     if unknown:
         sys.exit(f"error: unknown variant {unknown[0]!r}; known: {', '.join(table)}")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{prof['out']}.json"
+    stem = ns.results or prof["out"]
+    path = RESULTS / f"{stem}.json"
     rows = load_rows(path, args["models"][0])
+    for other in ns.merge:
+        theirs = load_rows(Path(other), args["models"][0])
+        replaced = {row_key(r) for r in theirs}
+        rows = [r for r in rows if row_key(r) not in replaced] + theirs
     todo = [(m, k, s) for s in range(args["seeds"]) for m in args["models"] for k in keys]
     wanted = {(m, *k.split("/", 1), s) for m, k, s in todo}
     if ns.redo:
@@ -277,10 +286,10 @@ def main() -> None:
             print(f"[{time.time() - started:.0f}s] {json.dumps(row)}", flush=True)
     text = report(rows, args, list(table))
     print(text)
-    (RESULTS / f"{prof['out']}.md").write_text(text)
+    (RESULTS / f"{stem}.md").write_text(text)
     write(path, args, table, rows)
     if ns.profile == "large":
-        plot(rows, args["models"], RESULTS / f"{prof['out']}.png")
+        plot(rows, args["models"], RESULTS / f"{stem}.png")
 
 
 if __name__ == "__main__":
