@@ -103,12 +103,19 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def step_time_ratios(name: str, args: argparse.Namespace, device: torch.device,
-                     out: list[dict]) -> list[str]:
+def setup(name: str, args: argparse.Namespace,
+          device: torch.device) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """The dense network and one random batch of the benchmark's input size."""
     torch.manual_seed(0)
     model = create_model(name, num_classes=10, in_channels=1, input_size=args.size).to(device)
     x = torch.randn(args.batch, 1, args.size, args.size, device=device)
     y = torch.randint(0, 10, (args.batch,), device=device)
+    return model, x, y
+
+
+def step_time_ratios(name: str, args: argparse.Namespace, device: torch.device,
+                     out: list[dict]) -> list[str]:
+    model, x, y = setup(name, args, device)
     dense_macs, _ = count_macs_params(model, x)
     rows = []
     for target in (0.5, 0.25):
@@ -165,10 +172,7 @@ def op_shares(step, steps: int) -> dict[str, float]:  # noqa: ANN001
 
 def profile_rows(name: str, args: argparse.Namespace, device: torch.device,
                  out: dict) -> list[str]:
-    torch.manual_seed(0)
-    model = create_model(name, num_classes=10, in_channels=1, input_size=args.size).to(device)
-    x = torch.randn(args.batch, 1, args.size, args.size, device=device)
-    y = torch.randint(0, 10, (args.batch,), device=device)
+    model, x, y = setup(name, args, device)
     pruned = prune_to_macs_ratio(model, x, 0.25)
     fmt = FORMATS[args.formats[-1]]
     dense_s = op_shares(step_fn(model, x, y, fmt), args.profile_steps)
@@ -187,10 +191,7 @@ def profile_rows(name: str, args: argparse.Namespace, device: torch.device,
 
 def compile_rows(name: str, args: argparse.Namespace, device: torch.device,
                  out: list[dict]) -> list[str]:
-    torch.manual_seed(0)
-    model = create_model(name, num_classes=10, in_channels=1, input_size=args.size).to(device)
-    x = torch.randn(args.batch, 1, args.size, args.size, device=device)
-    y = torch.randint(0, 10, (args.batch,), device=device)
+    model, x, y = setup(name, args, device)
     fmt = FORMATS[args.formats[-1]]
     rows = []
     for kind, net in (("dense", model), ("pruned 0.25", prune_to_macs_ratio(model, x, 0.25))):
