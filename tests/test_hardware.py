@@ -77,9 +77,9 @@ def test_channels_last_keeps_parameters_and_function() -> None:
                          [("bf16", "channels_last"), ("fp32", "contiguous")])
 def test_pruning_run_with_bf16_and_channels_last(tmp_path, precision: str,
                                                  memory_format: str) -> None:
-    """bf16 autocast and channels_last through surgery: the run trains, prunes, counts the
-    same MACs as in float32 (counts do not depend on precision) and stays channels_last
-    after every surgery."""
+    """bf16 autocast and channels_last through surgery: the run trains, prunes, and counts
+    the same MACs and dense training FLOPs as in float32 contiguous (counts do not depend
+    on precision or layout)."""
     config = parse_train_config({
         "model": "small_resnet", "dataset": {"name": "digits", "train_subset": 256},
         "training": {"epochs": 3, "batch_size": 32, "device": "cpu", "seed": 0,

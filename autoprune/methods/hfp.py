@@ -238,9 +238,9 @@ class HFP(PruningMethod):
     def _candidates(self, ctx: TrainContext) -> list[tuple[float, str, int]]:
         """Channels a cut may take, weakest first: each group keeps ``layer_floor`` of its
         dense width."""
-        floor = self.params.layer_floor
-        keep = {k: math.ceil(floor * ctx.dense_widths.get(k, 1) - 1e-9) for k in self._scores()}
-        return candidates(self._scores(), keep)
+        floor, scores = self.params.layer_floor, self._scores()
+        keep = {k: math.ceil(floor * ctx.dense_widths.get(k, 1) - 1e-9) for k in scores}
+        return candidates(scores, keep)
 
     def _threshold_prune(self, ctx: TrainContext) -> int:
         assert self.cost is not None
