@@ -128,7 +128,7 @@ class TrainConfig:
 def parse_train_config(data: Any) -> TrainConfig:
     """Validate a nested mapping (from YAML or a search trial) into a :class:`TrainConfig`."""
     from autoprune.methods import get_method
-    from autoprune.models import list_models, model_info
+    from autoprune.models import is_registered, list_models, model_info
 
     if not isinstance(data, Mapping):
         raise ConfigError("a train config must be a mapping (keys model, dataset, training, ...)")
@@ -138,7 +138,8 @@ def parse_train_config(data: Any) -> TrainConfig:
     if "model" not in data:
         raise ConfigError("missing required key 'model'")
     config = from_mapping(TrainConfig, data, "")
-    check_choice("model", config.model, list_models())
+    if not is_registered(config.model):
+        check_choice("model", config.model, list_models())
     config.dataset.validate()
     config.training.validate()
     method = get_method(config.method)

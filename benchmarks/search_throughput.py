@@ -13,17 +13,22 @@ last trial end, from the MLflow child runs), so Ray's start-up is not counted as
 time; the command's whole wall time is reported too. ``speedup_2_vs_1`` is the ratio of
 the two throughputs.
 
-Orchestration overhead: one trial of the concurrent search is replayed with ``autoprune
-train`` (its ``train_config.yaml`` artifact, the same threads); ``overhead_fraction`` is
-the trial's wall time under the search (MLflow child run start to end: Ray starting the
-trial, imports, data, training, reports, MLflow logging) over the wall time of the whole
-``autoprune train`` command (process start, imports, data, training, saving), minus 1.
-The replay runs alone, the trial ran beside another one: the figure includes the slowdown
-of sharing the machine's memory bandwidth, so it is an upper bound.
+Then the median trial of the serial search is replayed with ``autoprune train`` (its
+``train_config.yaml`` artifact): alone on every core, alone on half of them, and twice at
+once on half of them each. From those:
+
+- ``overhead_fraction``: the serial trial's wall time under the search (MLflow child run
+  start to end: Ray starting the trial, data, training, reports, MLflow logging) over the
+  wall time of the whole ``autoprune train`` command on the same threads, alone (process
+  start, imports, data, training, saving), minus 1;
+- ``attainable_speedup``: what two trials at once could give with no Ray and no MLflow at
+  all, i.e. two plain trainings on half the cores each against one on all of them. On a
+  machine where one training already uses every core well, this, not 2, is the ceiling
+  of ``speedup_2_vs_1``; ``thread_scaling`` and ``corun_slowdown`` say why.
 
 Usage::
 
-    .venv/bin/python benchmarks/search_throughput.py [--trials 6] [--epochs 6] [--subset 4000]
+    .venv/bin/python benchmarks/search_throughput.py [--trials 4] [--epochs 12] [--subset 12000]
 
 Results: ``benchmarks/results/search_throughput.json``.
 """
@@ -93,8 +98,8 @@ def run_search(folder: Path, name: str, spec: dict[str, Any]) -> dict[str, Any]:
             "max_concurrent": spec["max_concurrent"]}
 
 
-def replay_overhead(folder: Path, search: dict[str, Any], threads: int) -> dict[str, Any]:
-    """Replay the median-length trial of ``search`` with ``autoprune train``."""
+def replay_config(folder: Path, search: dict[str, Any]) -> dict[str, Any]:
+    """The train config of the median-length trial of ``search``."""
     from mlflow import MlflowClient
 
     client = MlflowClient(search["uri"])
@@ -102,23 +107,81 @@ def replay_overhead(folder: Path, search: dict[str, Any], threads: int) -> dict[
     run_id = sorted(walls, key=walls.get)[len(walls) // 2]
     config = yaml.safe_load(Path(client.download_artifacts(
         run_id, "train_config.yaml", str(folder))).read_text())
-    config["training"]["threads"] = threads
-    path = folder / "replay.yaml"
-    path.write_text(yaml.safe_dump(config))
-    wall, _ = autoprune("train", str(path), "--out", str(folder / "replay"), "--quiet",
-                        "--fresh")
-    summary = json.loads((folder / "replay" / "summary.json").read_text())
-    trial_wall = walls[run_id]
-    train_wall = float(summary["wall_time_s"])
-    return {"run_id": run_id, "trial_wall_s": trial_wall, "train_wall_s": train_wall,
-            "train_command_wall_s": wall, "overhead_fraction": trial_wall / wall - 1}
+    return {"run_id": run_id, "trial_wall_s": walls[run_id], "config": config}
+
+
+def train_alone(folder: Path, config: dict[str, Any], threads: int,
+                copies: int = 1) -> list[dict[str, float]]:
+    """``copies`` runs of ``autoprune train`` on ``config`` with ``threads`` threads each,
+    started together; per run: the command's wall time and the training's own."""
+    runs = []
+    for i in range(copies):
+        path = folder / f"train-{threads}t-{copies}x-{i}.yaml"
+        spec = {**config, "training": {**config["training"], "threads": threads}}
+        path.write_text(yaml.safe_dump(spec))
+        out = folder / path.stem
+        argv = [sys.executable, "-m", "autoprune", "train", str(path), "--out", str(out),
+                "--quiet", "--fresh"]
+        runs.append((out, subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL,
+                                           stderr=subprocess.PIPE, text=True)))
+    start = time.perf_counter()
+    walls = []
+    for _, proc in runs:
+        _, err = proc.communicate()
+        walls.append(time.perf_counter() - start)
+        if proc.returncode != 0:
+            raise SystemExit(f"autoprune train failed:\n{err[-3000:]}")
+    return [{"command_wall_s": wall,
+             "train_wall_s": float(json.loads((out / "summary.json").read_text())["wall_time_s"])}
+            for (out, _), wall in zip(runs, walls)]
+
+
+def mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def decompose(serial: dict[str, Any], concurrent: dict[str, Any], replay: dict[str, Any],
+              alone: dict[str, list[dict[str, float]]], cores: int) -> dict[str, Any]:
+    """Split the search's figures into what the hardware allows and what Ray + MLflow cost.
+
+    - ``thread_scaling``: one training on ``cores`` threads against one thread, alone;
+    - ``corun_slowdown``: a one-thread training beside another one against alone;
+    - ``attainable_speedup``: two one-thread ``autoprune train`` at once against one on all
+      cores, in trainings per hour: what the concurrent search could reach with no Ray and
+      no MLflow at all;
+    - ``overhead_fraction``: the serial search's median trial (MLflow child run start to
+      end) against the same config's whole ``autoprune train`` command on the same threads,
+      alone, minus 1; ``overhead_fraction_of_span``: the serial search's trial span per
+      trial (gaps between trials included) against the same command, minus 1;
+      ``overhead_fraction_concurrent``: a concurrent trial against a training beside another.
+    """
+    full, one, pair = alone["full"][0], alone["one"][0], alone["pair"]
+    pair_wall = mean([run["command_wall_s"] for run in pair])
+    serial_trial = sorted(serial["trial_wall_s"])[len(serial["trial_wall_s"]) // 2]
+    concurrent_trial = sorted(concurrent["trial_wall_s"])[len(concurrent["trial_wall_s"]) // 2]
+    attainable = 2 * full["command_wall_s"] / pair_wall
+    speedup = concurrent["trials_per_hour"] / serial["trials_per_hour"]
+    return {
+        "speedup_2_vs_1": speedup,
+        "overhead_fraction": serial_trial / full["command_wall_s"] - 1,
+        "overhead_s": serial_trial - full["command_wall_s"],
+        "overhead_fraction_of_span": serial["trial_span_s"] / serial["completed"]
+        / full["command_wall_s"] - 1,
+        "overhead_fraction_concurrent": concurrent_trial / pair_wall - 1,
+        "thread_scaling": one["command_wall_s"] / full["command_wall_s"],
+        "corun_slowdown": pair_wall / one["command_wall_s"],
+        "attainable_speedup": attainable,
+        "speedup_vs_attainable": speedup / attainable,
+        "replayed_run": replay["run_id"], "cores": cores,
+        "train_alone": alone,
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trials", type=int, default=6)
-    parser.add_argument("--epochs", type=int, default=6)
-    parser.add_argument("--subset", type=int, default=4000)
+    parser.add_argument("--trials", type=int, default=4)
+    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--subset", type=int, default=12000)
     args = parser.parse_args()
     cores = os.cpu_count() or 1
     half = max(1, cores // 2)
@@ -132,21 +195,23 @@ def main() -> None:
                                                             args.subset, half, 2))
         print(json.dumps({k: v for k, v in concurrent.items() if k not in ("runs", "uri")}),
               flush=True)
-        overhead = replay_overhead(folder, concurrent, half)
+        replay = replay_config(folder, serial)
+        alone = {"full": train_alone(folder, replay["config"], cores),
+                 "one": train_alone(folder, replay["config"], half),
+                 "pair": train_alone(folder, replay["config"], half, copies=2)}
+        print(json.dumps(alone), flush=True)
     for record in (serial, concurrent):
         record.pop("uri")
         record.pop("runs")
-    report = {
-        "cores": cores, "trials": args.trials, "epochs": args.epochs, "subset": args.subset,
-        "serial": serial, "concurrent": concurrent, "overhead": overhead,
-        "speedup_2_vs_1": concurrent["trials_per_hour"] / serial["trials_per_hour"],
-        "overhead_fraction": overhead["overhead_fraction"],
-    }
+    figures = decompose(serial, concurrent, replay, alone, cores)
+    report = {"cores": cores, "trials": args.trials, "epochs": args.epochs,
+              "subset": args.subset, "serial": serial, "concurrent": concurrent, **figures}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(report, indent=2))
-    print(f"speedup_2_vs_1 {report['speedup_2_vs_1']:.3f}  overhead_fraction "
-          f"{report['overhead_fraction']:.3f} (trial {overhead['trial_wall_s']:.1f} s under "
-          f"the search, {overhead['train_command_wall_s']:.1f} s under autoprune train)")
+    for key in ("speedup_2_vs_1", "attainable_speedup", "speedup_vs_attainable",
+                "thread_scaling", "corun_slowdown", "overhead_fraction", "overhead_s",
+                "overhead_fraction_of_span", "overhead_fraction_concurrent"):
+        print(f"{key:30s} {report[key]:.3f}")
     print(f"wrote {RESULTS}")
 
 

@@ -110,6 +110,14 @@ def list_models(pattern: str | None = None) -> list[str]:
     return [n for n in names if fnmatch.fnmatchcase(n, pattern)]
 
 
+def is_registered(name: str) -> bool:
+    """Whether ``name`` is a registered model; the providers run only for a name that is
+    not registered yet (torchvision's names cost an import of torchvision)."""
+    if name not in _INFOS:
+        _complete()
+    return name in _INFOS
+
+
 def model_info(name: str) -> ModelInfo:
     """Metadata of a registered model; raises :class:`UserError` for an unknown name."""
     if name not in _INFOS:

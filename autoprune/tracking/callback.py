@@ -48,7 +48,7 @@ class TrackingCallback(Callback):
 
     def __init__(self, uri: str, name: str, objectives: tuple[str, ...], modes: tuple[str, ...],
                  fixed: Mapping[str, Any], parent_params: Mapping[str, Any],
-                 space_text: str, refresh_s: float = 5.0) -> None:
+                 space_text: str, refresh_s: float = 30.0) -> None:
         self.uri, self.name, self.objectives, self.modes = uri, name, objectives, modes
         self.fixed, self.parent_params, self.space_text = dict(fixed), parent_params, space_text
         self.refresh_s = refresh_s
