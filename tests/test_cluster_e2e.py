@@ -65,6 +65,13 @@ SPACE: dict[str, Any] = {
         "filter": {"target_ratio": {"low": 0.3, "high": 0.6}, "end_epoch": 10},
     }},
 }
+# The submitted search checks the job path only: short trials will do.
+JOB_SPACE: dict[str, Any] = {
+    **SPACE,
+    "fixed": {**SPACE["fixed"], "training": {**SPACE["fixed"]["training"], "epochs": 3}},
+    "searched": {"methods": {"dense": {}, "filter": {"target_ratio": {"low": 0.3, "high": 0.6},
+                                                     "end_epoch": 2}}},
+}
 EPOCH_METRICS = ("accuracy", "macs", "params", "train_flops")
 TRIAL_ARTIFACTS = {"model.pt", "summary.json", "train_config.yaml"}
 PARENT_ARTIFACTS = {"pareto.csv", "pareto.png", "pareto.html", "search_space.yaml"}
@@ -123,6 +130,8 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, A
     gcs, dashboard, mlflow_port, head_agent, worker_agent = free_ports(5)
     space = out / "cluster.yaml"
     space.write_text(yaml.safe_dump(SPACE))
+    job_space = out / "job.yaml"
+    job_space.write_text(yaml.safe_dump(JOB_SPACE))
     subs = {r"\bHEAD\b": "127.0.0.1", r"\b6379\b": str(gcs), r"\b8265\b": str(dashboard),
             r"\b5000\b": str(mlflow_port), "/srv/mlflow": str(short / "mlflow"),
             "/shared/autoprune": str(short / "shared"),
@@ -159,6 +168,8 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, A
                 wait_for_port(mlflow_port, 120, process=server.popen)
                 # the job uploads the checkout (--working-dir .); the others run elsewhere
                 cwd = REPO if kind == "job" else out
+                if kind == "job":
+                    argv = [str(job_space) if a == str(space) else a for a in argv]
                 _, output = procs.run(kind, argv, 480, env=env, cwd=cwd)
                 state["outputs"][kind] = output
         yield state

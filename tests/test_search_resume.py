@@ -20,7 +20,7 @@ import yaml
 
 from autoprune.cli import main
 
-NUM_SAMPLES = 6
+NUM_SAMPLES = 4
 SPACE: dict[str, Any] = {
     "num_samples": NUM_SAMPLES, "sampler": "random", "seed": 0, "max_concurrent": 1,
     "fixed": {"model": "small_cnn", "dataset": "digits",
