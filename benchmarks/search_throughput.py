@@ -93,6 +93,7 @@ def run_search(folder: Path, name: str, spec: dict[str, Any]) -> dict[str, Any]:
     return {"name": name, "completed": len(trials), "command_wall_s": wall,
             "trial_span_s": span, "trials_per_hour": len(trials) / span * 3600,
             "trial_wall_s": [(r.info.end_time - r.info.start_time) / 1e3 for r in trials],
+            "engine_wall_s": [r.data.metrics.get("wall_time_s") for r in trials],
             "uri": uri, "runs": [r.info.run_id for r in trials],
             "cpu_per_trial": spec["resources"]["cpu"],
             "max_concurrent": spec["max_concurrent"]}
@@ -107,7 +108,9 @@ def replay_config(folder: Path, search: dict[str, Any]) -> dict[str, Any]:
     run_id = sorted(walls, key=walls.get)[len(walls) // 2]
     config = yaml.safe_load(Path(client.download_artifacts(
         run_id, "train_config.yaml", str(folder))).read_text())
-    return {"run_id": run_id, "trial_wall_s": walls[run_id], "config": config}
+    engine = dict(zip(search["runs"], search["engine_wall_s"]))
+    return {"run_id": run_id, "trial_wall_s": walls[run_id], "engine_wall_s": engine[run_id],
+            "config": config}
 
 
 def train_alone(folder: Path, config: dict[str, Any], threads: int,
@@ -153,11 +156,16 @@ def decompose(serial: dict[str, Any], concurrent: dict[str, Any], replay: dict[s
       end) against the same config's whole ``autoprune train`` command on the same threads,
       alone, minus 1; ``overhead_fraction_of_span``: the serial search's trial span per
       trial (gaps between trials included) against the same command, minus 1;
-      ``overhead_fraction_concurrent``: a concurrent trial against a training beside another.
+      ``overhead_fraction_concurrent``: a concurrent trial against a training beside another;
+    - the replayed trial's overhead split in two: ``overhead_inside_training_s`` (the
+      engine's own wall time in the trial against the same training under ``autoprune
+      train``: the driver and Ray taking CPU from it, the per-epoch reports) and
+      ``overhead_around_training_s`` (the rest of the trial beyond the training, less what
+      the train command spends beyond its training: start, imports, saving).
     """
     full, one, pair = alone["full"][0], alone["one"][0], alone["pair"]
     pair_wall = mean([run["command_wall_s"] for run in pair])
-    serial_trial = sorted(serial["trial_wall_s"])[len(serial["trial_wall_s"]) // 2]
+    serial_trial = replay["trial_wall_s"]  # the median serial trial
     concurrent_trial = sorted(concurrent["trial_wall_s"])[len(concurrent["trial_wall_s"]) // 2]
     attainable = 2 * full["command_wall_s"] / pair_wall
     speedup = concurrent["trials_per_hour"] / serial["trials_per_hour"]
@@ -172,6 +180,13 @@ def decompose(serial: dict[str, Any], concurrent: dict[str, Any], replay: dict[s
         "corun_slowdown": pair_wall / one["command_wall_s"],
         "attainable_speedup": attainable,
         "speedup_vs_attainable": speedup / attainable,
+        # the replayed trial's overhead, split: inside its training (the engine's own time
+        # against the same training under `autoprune train`) and around it
+        "replayed_trial_wall_s": replay["trial_wall_s"],
+        "replayed_trial_engine_s": replay["engine_wall_s"],
+        "overhead_inside_training_s": replay["engine_wall_s"] - full["train_wall_s"],
+        "overhead_around_training_s": replay["trial_wall_s"] - replay["engine_wall_s"]
+        - (full["command_wall_s"] - full["train_wall_s"]),
         "replayed_run": replay["run_id"], "cores": cores,
         "train_alone": alone,
     }
@@ -210,7 +225,8 @@ def main() -> None:
     RESULTS.write_text(json.dumps(report, indent=2))
     for key in ("speedup_2_vs_1", "attainable_speedup", "speedup_vs_attainable",
                 "thread_scaling", "corun_slowdown", "overhead_fraction", "overhead_s",
-                "overhead_fraction_of_span", "overhead_fraction_concurrent"):
+                "overhead_fraction_of_span", "overhead_fraction_concurrent",
+                "overhead_inside_training_s", "overhead_around_training_s"):
         print(f"{key:30s} {report[key]:.3f}")
     print(f"wrote {RESULTS}")
 
