@@ -26,11 +26,19 @@ once on half of them each. From those:
   machine where one training already uses every core well, this, not 2, is the ceiling
   of ``speedup_2_vs_1``; ``thread_scaling`` and ``corun_slowdown`` say why.
 
+On a GPU (``--device cuda``) it measures what fractional GPUs per trial (``resources:
+{gpu: 1/K}``, K trials sharing one GPU) can give: K plain ``autoprune train`` processes
+of one schedule of the same search at once on the one GPU, for each K of ``--gpu-share``,
+against one alone (``gpu_share``: trainings per hour and ``speedup_vs_1``). These are the
+trainings Ray would start, without Ray and MLflow themselves.
+
 Usage::
 
     .venv/bin/python benchmarks/search_throughput.py [--trials 4] [--epochs 12] [--subset 12000]
+    python benchmarks/search_throughput.py --device cuda --gpu-share 1 2 4 8
 
-Results: ``benchmarks/results/search_throughput.json``.
+Results: ``benchmarks/results/search_throughput.json`` (``search_throughput_cuda.json``
+with ``--device cuda``).
 """
 
 from __future__ import annotations
@@ -119,7 +127,8 @@ def train_alone(folder: Path, config: dict[str, Any], threads: int,
     started together; per run: the command's wall time and the training's own."""
     runs = []
     for i in range(copies):
-        path = folder / f"train-{threads}t-{copies}x-{i}.yaml"
+        path = folder / f"train-{config['training'].get('device', 'cpu')}-{threads}t-" \
+            f"{copies}x-{i}.yaml"
         spec = {**config, "training": {**config["training"], "threads": threads}}
         path.write_text(yaml.safe_dump(spec))
         out = folder / path.stem
@@ -192,13 +201,51 @@ def decompose(serial: dict[str, Any], concurrent: dict[str, Any], replay: dict[s
     }
 
 
+def gpu_sharing(folder: Path, args: argparse.Namespace, cores: int) -> dict[str, Any]:
+    """K ``autoprune train`` of one schedule of the search at once on one GPU, for each K of
+    ``args.gpu_share``: trainings per hour against one alone. Each process gets cores / K
+    CPU threads, as ``resources: {cpu: cores / K, gpu: 1 / K}`` would."""
+    import torch
+
+    spec = space(1, args.epochs, args.subset, cores, 1)["fixed"]
+    config = {**spec, "training": {**spec["training"], "device": args.device},
+              "method": "filter",
+              "method_params": {"target_ratio": 0.5, "end_epoch": max(1, args.epochs // 2)}}
+    shares: dict[str, Any] = {}
+    for k in sorted({1, *args.gpu_share}):
+        runs = train_alone(folder, config, max(1, cores // k), copies=k)
+        wall = max(run["command_wall_s"] for run in runs)
+        shares[str(k)] = {"runs": runs, "wall_s": wall, "trainings_per_hour": k / wall * 3600,
+                          "train_wall_s": mean([run["train_wall_s"] for run in runs])}
+        print(json.dumps({"gpu_share": k, **shares[str(k)]}), flush=True)
+    for row in shares.values():
+        row["speedup_vs_1"] = row["trainings_per_hour"] / shares["1"]["trainings_per_hour"]
+    name = torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu"
+    return {"device": name, "cores": cores, "epochs": args.epochs,
+            "subset": args.subset, "config": config, "gpu_share": shares}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=4)
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--subset", type=int, default=12000)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--gpu-share", type=int, nargs="+", default=[1, 2, 4],
+                        help="with --device cuda: numbers of trainings sharing the GPU")
     args = parser.parse_args()
     cores = os.cpu_count() or 1
+    if args.device == "cuda":
+        with tempfile.TemporaryDirectory(prefix="autoprune-gpu-share-") as tmp:
+            report = gpu_sharing(Path(tmp), args, cores)
+        path = RESULTS.with_name("search_throughput_cuda.json")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=2))
+        for k, row in report["gpu_share"].items():
+            print(f"{k} at once: {row['trainings_per_hour']:.0f} trainings/h, speedup "
+                  f"{row['speedup_vs_1']:.2f}, {row['train_wall_s']:.1f} s of training each")
+        print(f"wrote {path}")
+        return
     half = max(1, cores // 2)
     with tempfile.TemporaryDirectory(prefix="autoprune-throughput-") as tmp:
         folder = Path(tmp)

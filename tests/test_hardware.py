@@ -3,6 +3,8 @@ fractional GPU resources. Tests that need CUDA skip without it."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -95,6 +97,29 @@ def test_pruning_run_with_bf16_and_channels_last(tmp_path, precision: str,
     ref = train(reference, tmp_path / "ref", progress=False)
     assert (summary["macs"], summary["dense_train_flops"]) == (ref["macs"],
                                                                ref["dense_train_flops"])
+
+
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
+def test_pruning_run_on_cuda_counts_what_the_cpu_counts(tmp_path) -> None:
+    """On a GPU with the defaults (bf16 autocast where supported, channels_last): the run
+    prunes through surgery on the device, its counts equal the CPU run's, and its saved
+    network loads and runs on a CPU."""
+    from autoprune.surgery import load_model
+
+    raw = {
+        "model": "small_resnet", "dataset": {"name": "digits", "train_subset": 256},
+        "training": {"epochs": 3, "batch_size": 32, "seed": 0, "device": "cuda"},
+        "method": "filter", "method_params": {"target_ratio": 0.5, "end_epoch": 2},
+    }
+    gpu = train(parse_train_config(raw), tmp_path / "gpu", progress=False)
+    cpu = train(parse_train_config({**raw, "training": {**raw["training"], "device": "cpu"}}),
+                tmp_path / "cpu", progress=False)
+    assert gpu["macs"] < gpu["dense_macs"]
+    for key in ("macs", "params", "dense_train_flops", "widths"):
+        assert gpu[key] == cpu[key], key
+    assert all(math.isfinite(e["train_loss"]) for e in gpu["epochs"])
+    model = load_model(tmp_path / "gpu" / "model.pt")
+    assert model(torch.randn(2, 1, 8, 8)).shape == (2, 10)
 
 
 def _space(gpu: float):
