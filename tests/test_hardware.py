@@ -12,6 +12,7 @@ from autoprune.config import ConfigError, parse_train_config
 from autoprune.engine import train
 from autoprune.engine.hardware import (
     apply_memory_format,
+    cpu_has_amx,
     resolve_device,
     resolve_memory_format,
     resolve_precision,
@@ -39,8 +40,18 @@ def test_a_device_that_is_no_device_is_a_user_error() -> None:
         resolve_device("gpu0")
 
 
-def test_amp_and_channels_last_are_off_on_cpu_unless_asked() -> None:
+def test_amp_on_cpu_only_with_amx_or_when_asked(monkeypatch) -> None:
+    from autoprune.engine import hardware
+
+    monkeypatch.setattr(hardware, "cpu_has_amx", lambda: False)
     assert resolve_precision("auto", CPU) is None
+    monkeypatch.setattr(hardware, "cpu_has_amx", lambda: True)
+    assert resolve_precision("auto", CPU) is torch.bfloat16  # AMX: bf16 convolutions
+    assert resolve_precision("fp32", CPU) is None
+
+
+def test_amp_and_channels_last_are_off_on_cpu_unless_asked() -> None:
+    assert resolve_precision("auto", CPU) is (torch.bfloat16 if cpu_has_amx() else None)
     assert resolve_precision("fp32", CPU) is None
     assert resolve_precision("bf16", CPU) is torch.bfloat16  # asked for: CPU autocast
     assert resolve_memory_format("auto", CPU) == torch.contiguous_format
@@ -92,6 +103,8 @@ def test_pruning_run_with_bf16_and_channels_last(tmp_path, precision: str,
     assert summary["macs"] < summary["dense_macs"]
     assert all(e["train_loss"] > 0 for e in summary["epochs"])
     assert summary["config"]["training"]["precision"] == precision
+    assert summary["hardware"]["precision"] == precision
+    assert summary["hardware"]["memory_format"] == memory_format
     reference = parse_train_config({**config.to_dict(), "training": {
         **config.to_dict()["training"], "precision": "fp32", "memory_format": "contiguous"}})
     ref = train(reference, tmp_path / "ref", progress=False)

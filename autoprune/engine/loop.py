@@ -27,6 +27,7 @@ from autoprune.engine.context import TrainContext
 from autoprune.engine.hardware import (
     apply_memory_format,
     autocast,
+    hardware_summary,
     resolve_device,
     resolve_memory_format,
     resolve_precision,
@@ -163,6 +164,7 @@ def train(
         "train_flops_ratio": total_flops / dense_flops,
         "wall_time_s": time.perf_counter() - wall0,
         "latency_ms": latency["ms"], "latency": latency,
+        "hardware": hardware_summary(ctx.device, ctx.autocast_dtype, ctx.memory_format),
         "widths": ctx.widths() if ctx.prunable else {},
         "final": final_event,
         "epochs": history,
