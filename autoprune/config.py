@@ -55,10 +55,13 @@ class TrainingConfig:
     lr_schedule: Literal["cosine", "constant", "step"] = "cosine"
     device: str = "auto"
     precision: Literal["auto", "fp32", "bf16"] = "auto"
-    """Autocast of the training steps: ``auto`` is bfloat16 on a GPU that has it, float32
-    elsewhere (:mod:`autoprune.engine.hardware`)."""
+    """Autocast of the training steps: ``auto`` is bfloat16 on a GPU that has it and on a
+    CPU with AMX, float32 elsewhere (:mod:`autoprune.engine.hardware`)."""
     memory_format: Literal["auto", "channels_last", "contiguous"] = "auto"
     """Layout of activations and conv weights: ``auto`` is channels_last on CUDA."""
+    compile: bool = False
+    """Train through ``torch.compile``, compiled again after every structural change: it
+    pays when many steps pass between changes (README, Training speed)."""
     threads: int | None = None
     label_smoothing: float = 0.0
     bn_recalibration_batches: int = 10

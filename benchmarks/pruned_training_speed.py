@@ -42,7 +42,9 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
@@ -128,36 +130,45 @@ def setup(name: str, args: argparse.Namespace,
 
 def step_time_ratios(name: str, args: argparse.Namespace, device: torch.device,
                      out: list[dict]) -> list[str]:
+    """Part (a): every (network, memory format, precision) step timed interleaved."""
     model, x, y = setup(name, args, device)
     dense_macs, _ = count_macs_params(model, x)
+    settings = [(fmt, prec) for prec in args.precision for fmt in args.formats]
     rows = []
     for target in (0.5, 0.25):
         pruned = prune_to_macs_ratio(model, x, target)
         macs_ratio = count_macs_params(pruned, x)[0] / dense_macs
-        steps = {(kind, fmt): step_fn(net, x, y, FORMATS[fmt], dtype=args.dtype)
-                 for kind, net in (("dense", model), ("pruned", pruned)) for fmt in args.formats}
-        times: dict[tuple[str, str], list[float]] = {k: [] for k in steps}
+        steps = {(kind, fmt, prec): step_fn(net, x, y, FORMATS[fmt], dtype=args.dtypes[prec])
+                 for kind, net in (("dense", model), ("pruned", pruned))
+                 for fmt, prec in settings}
+        times: dict[tuple[str, str, str], list[float]] = {k: [] for k in steps}
         for i in range(args.warmup + args.steps):
             for key, step in steps.items():
                 t = timed(step, device)
                 if i >= args.warmup:
                     times[key].append(t)
         median = {k: statistics.median(v) for k, v in times.items()}
-        reference = median[("dense", args.formats[0])]
-        for fmt in args.formats:
-            dense_t, pruned_t = median[("dense", fmt)], median[("pruned", fmt)]
+        reference = median[("dense", *settings[0])]
+        for fmt, prec in settings:
+            dense_t, pruned_t = median[("dense", fmt, prec)], median[("pruned", fmt, prec)]
             ratio = pruned_t / dense_t
             out.append({"model": name, "input": args.size, "memory_format": fmt,
+                        "precision": precision_name(args.dtypes[prec]),
                         "macs_ratio": macs_ratio, "time_ratio": ratio,
                         "time_ratio_vs_dense_reference": pruned_t / reference,
                         "dense_ms": dense_t * 1e3, "pruned_ms": pruned_t * 1e3,
                         "dense_vs_reference": dense_t / reference})
             verdict = "yes" if ratio <= macs_ratio + 0.05 else "no"
-            rows.append(f"| {name} | {fmt} | {macs_ratio:.3f} | {ratio:.3f} | "
+            rows.append(f"| {name} | {fmt} | {precision_name(args.dtypes[prec])} | "
+                        f"{macs_ratio:.3f} | {ratio:.3f} | {dense_t / reference:.3f} | "
                         f"{pruned_t / reference:.3f} | {dense_t * 1e3:.1f} | "
                         f"{pruned_t * 1e3:.1f} | {verdict} |")
             print(rows[-1], flush=True)
     return rows
+
+
+def precision_name(dtype: torch.dtype | None) -> str:
+    return "fp32" if dtype is None else "bf16"
 
 
 KINDS = {"convolution": ("convolution",), "batch norm": ("batch_norm",),
@@ -366,7 +377,7 @@ def engine_overhead(args: argparse.Namespace, device: torch.device) -> str:
         "dataset": {"name": dataset, "train_subset": args.subset, "val_fraction": 0.0},
         "training": {"epochs": args.epochs, "batch_size": args.batch, "seed": 0,
                      "device": device.type, "lr_schedule": "constant",
-                     "precision": args.precision},
+                     "precision": args.precision[0]},
         "method": "dense",
     })
     # The same samples, model and batch size through the plain loop, before and after.
@@ -400,9 +411,11 @@ def main() -> None:
     p.add_argument("--models", nargs="+", default=["cifar_resnet20", "cifar_vgg11"])
     p.add_argument("--formats", nargs="+", choices=list(FORMATS),
                    default=["contiguous", "channels_last"])
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
-                   help="autocast of the steps, as training.precision (auto: bf16 on a GPU "
-                        "that has it, fp32 on CPU)")
+    p.add_argument("--precision", nargs="+", choices=["auto", "fp32", "bf16"],
+                   default=["auto"],
+                   help="autocast of the steps, as training.precision (auto: bf16 where the "
+                        "hardware has bf16 matrix units); part (a) times each, the other "
+                        "parts use the first")
     p.add_argument("--profile-steps", type=int, default=5)
     p.add_argument("--compile", action="store_true",
                    help="also time torch.compile (part c; minutes on a CPU)")
@@ -415,17 +428,20 @@ def main() -> None:
     p.add_argument("--results", type=Path, default=RESULTS,
                    help="markdown file of the tables; the JSON goes beside it")
     args = p.parse_args()
+    if args.compile:  # a cold compile, as a new trial's would be: no cache of earlier runs
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="autoprune-inductor-")
     device = torch.device(args.device)
-    args.dtype = resolve_precision(args.precision, device)
-    precision = "bf16 autocast" if args.dtype is not None else "fp32"
+    args.dtypes = {prec: resolve_precision(prec, device) for prec in args.precision}
+    args.dtype = args.dtypes[args.precision[0]]
     head = (f"device: {device_name(device)} ({torch.get_num_threads()} CPU threads), "
-            f"torch {torch.__version__}, {precision}, batch {args.batch}, "
-            f"input {args.size}x{args.size}")
+            f"torch {torch.__version__}, batch {args.batch}, input {args.size}x{args.size}; "
+            f"parts (w), (p), (c), (b) in {precision_name(args.dtype)}")
+    first = f"{args.formats[0]} {precision_name(args.dtype)}"
     lines = [head, "", "(a) training-step time, pruned vs dense (median of interleaved "
-             f"steps; reference: the dense {args.formats[0]} step)", "",
-             "| model | memory format | MACs ratio | time ratio | vs dense reference | "
-             "dense ms/step | pruned ms/step | time <= MACs + 0.05 |",
-             "|---|---|---|---|---|---|---|---|"]
+             f"steps; reference: the dense {first} step)", "",
+             "| model | memory format | precision | MACs ratio | time ratio | "
+             "dense vs reference | pruned vs reference | dense ms/step | pruned ms/step | "
+             "time <= MACs + 0.05 |", "|---|---|---|---|---|---|---|---|---|---|"]
     print("\n".join(lines), flush=True)
     speed: list[dict] = []
     for name in args.models:
@@ -469,8 +485,8 @@ def main() -> None:
     results = args.results
     results.parent.mkdir(parents=True, exist_ok=True)
     results.write_text("\n".join(lines) + "\n")
-    settings = {k: (str(v) if isinstance(v, (Path, torch.dtype)) or v is None else v)
-                for k, v in vars(args).items()}
+    settings = {k: v for k, v in vars(args).items() if k not in ("dtype", "dtypes")}
+    settings["results"] = str(args.results)
     results.with_suffix(".json").write_text(json.dumps(
         {"device": head, "args": settings, "speed": speed, "conv_by_side": widths,
          "profile": profiles, "compile": compiled, "engine_overhead_row": row}, indent=2))

@@ -135,6 +135,25 @@ def test_pruning_run_on_cuda_counts_what_the_cpu_counts(tmp_path) -> None:
     assert model(torch.randn(2, 1, 8, 8)).shape == (2, 10)
 
 
+def test_compiled_training_prunes_like_eager_training(tmp_path) -> None:
+    """``training.compile``: the steps run compiled (again after the surgery), and the run
+    prunes to the same widths with the same losses as the eager one."""
+    raw = {
+        "model": "small_cnn", "dataset": {"name": "digits", "train_subset": 64},
+        "training": {"epochs": 2, "batch_size": 32, "seed": 0, "precision": "fp32"},
+        "method": "filter", "method_params": {"target_ratio": 0.5, "end_epoch": 1},
+    }
+    eager = train(parse_train_config(raw), tmp_path / "eager", progress=False)
+    compiled = train(parse_train_config({**raw, "training": {**raw["training"],
+                                                             "compile": True}}),
+                     tmp_path / "compiled", progress=False)
+    assert compiled["hardware"]["compiled_steps"] == 4  # 2 epochs of 2 steps
+    assert eager["hardware"]["compiled_steps"] is None
+    assert compiled["widths"] == eager["widths"] and compiled["macs"] < compiled["dense_macs"]
+    for a, b in zip(compiled["epochs"], eager["epochs"]):
+        assert math.isclose(a["train_loss"], b["train_loss"], rel_tol=1e-4)
+
+
 def _space(gpu: float):
     from autoprune.search.space import parse_space
 

@@ -62,6 +62,12 @@ class TrainContext:
         """Layout of the conv weights, re-applied after every structural change."""
         self.autocast_dtype: torch.dtype | None = None
         """Autocast dtype of the training steps (None: float32)."""
+        self.compile = False
+        """Train through ``torch.compile`` (``training.compile``), compiled afresh after
+        every structural change."""
+        self._compiled: Any = None
+        self.compiled_steps = 0
+        """Training steps that ran compiled (the others ran eagerly)."""
         self.recount()
         try:
             self.dense_widths: dict[str, int] = self.widths()
@@ -137,9 +143,26 @@ class TrainContext:
     def structure_changed(self) -> None:
         """Call after changing the network by other means (e.g. growth, gates removed)."""
         self._index = None
+        self._compiled = None
         self.changed = True
         apply_memory_format(self.model, self.memory_format)
         self.recount()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The training step's forward pass: the network itself, or with ``compile`` its
+        compiled form. After a structural change the old compiled code is dropped and the
+        network compiled again for its new shapes (dynamo would otherwise recompile on
+        each change until its recompile limit, then fall back to eager silently). While
+        a method has hooks on the network (an activation meter measuring), steps run
+        eagerly: each hook added or removed would cost a recompile."""
+        if not self.compile or any(m._forward_hooks or m._forward_pre_hooks
+                                   for m in self.model.modules()):
+            return self.model(x)
+        if self._compiled is None:
+            torch._dynamo.reset()
+            self._compiled = torch.compile(self.model)
+        self.compiled_steps += 1
+        return self._compiled(x)
 
     def recount(self) -> None:
         """Recount inference MACs/params and the FLOPs of a training step."""

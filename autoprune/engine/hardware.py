@@ -58,12 +58,13 @@ def cpu_has_amx() -> bool:
 
 
 def hardware_summary(device: torch.device, dtype: torch.dtype | None,
-                     fmt: torch.memory_format) -> dict[str, object]:
-    """What a run resolved its hardware settings to (``summary.json``: ``hardware``)."""
+                     fmt: torch.memory_format, compiled_steps: int | None) -> dict[str, object]:
+    """What a run resolved its hardware settings to (``summary.json``: ``hardware``);
+    ``compiled_steps``: None without ``training.compile``."""
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     return {"device": str(device), "name": name, "precision": "bf16" if dtype else "fp32",
             "memory_format": "channels_last" if fmt == torch.channels_last else "contiguous",
-            "threads": torch.get_num_threads()}
+            "threads": torch.get_num_threads(), "compiled_steps": compiled_steps}
 
 
 def resolve_memory_format(name: str, device: torch.device) -> torch.memory_format:

@@ -90,6 +90,7 @@ def train(
     ctx = TrainContext(model, (x0[:16], y0[:16]), data.train, tc.epochs, device)
     ctx.memory_format = resolve_memory_format(tc.memory_format, device)
     ctx.autocast_dtype = resolve_precision(tc.precision, device)
+    ctx.compile = tc.compile
     dense = {"macs": ctx.macs, "params": ctx.params, "step_flops": ctx.cost.train}
 
     method_params, rescaled = config.schedule()
@@ -164,7 +165,8 @@ def train(
         "train_flops_ratio": total_flops / dense_flops,
         "wall_time_s": time.perf_counter() - wall0,
         "latency_ms": latency["ms"], "latency": latency,
-        "hardware": hardware_summary(ctx.device, ctx.autocast_dtype, ctx.memory_format),
+        "hardware": hardware_summary(ctx.device, ctx.autocast_dtype, ctx.memory_format,
+                                     ctx.compiled_steps if ctx.compile else None),
         "widths": ctx.widths() if ctx.prunable else {},
         "final": final_event,
         "epochs": history,
@@ -198,7 +200,7 @@ def _train_epoch(
         if channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(ctx.device, ctx.autocast_dtype):
-            logits = model(x)
+            logits = ctx.forward(x)
             loss = F.cross_entropy(logits.float(), y,
                                    label_smoothing=config.training.label_smoothing)
         ctx.loss = loss
