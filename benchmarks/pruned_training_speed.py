@@ -4,10 +4,12 @@ Prints, from one run on one machine:
 
 (a) for a CIFAR ResNet and a CIFAR VGG, pruned (uniform L1, through autoprune's surgery) to
     MACs ratios near 0.5 and 0.25: the training-step time ratio pruned/dense beside the
-    MACs ratio, for each memory format (``contiguous``, ``channels_last``). Steps of the
+    MACs ratio, for each memory format (``contiguous``, ``channels_last``) and each
+    precision of ``--precision`` (``fp32``, ``bf16`` autocast). Steps of the
     dense and pruned networks are timed interleaved (ABAB...), and medians compared, so
-    that machine noise hits both alike; the dense contiguous step is the reference of
-    every ratio, so a layout that speeds up the dense network shows as well.
+    that machine noise hits both alike; the dense step in the first format and precision
+    is the reference of the "vs reference" columns, so a layout or a precision that
+    speeds up the dense network shows as well.
 (w) why a ratio is what it is, convolution by convolution: every convolution of the dense
     and of the pruned (MACs 0.25) network alone, forward and backward at its own input
     shape, summed by input side (one row per stage of a CIFAR ResNet): time ratio beside
@@ -18,22 +20,23 @@ Prints, from one run on one machine:
     each kind's own time ratio pruned/dense. On CUDA: the GPU's busy time (kernels) per
     step against the step's wall time: a step the GPU spends mostly idle is bound by
     launches, not arithmetic, and pruning cannot make it shorter.
-(c) with ``--compile``: what ``torch.compile`` costs (the first, compiling step) and saves
-    (median step after) on the dense and the pruned (MACs 0.25) network, in the last
-    memory format. A structural change recompiles, so it pays only when the savings over
-    the steps until the next change exceed the compile time.
+(c) with ``--compile``: what ``torch.compile`` costs (the first, compiling step, with an
+    empty Inductor cache) and saves (median step after) on the dense and the pruned (MACs
+    0.25) network, in the last memory format. A structural change recompiles, so it pays
+    only when the savings over the steps until the next change exceed the compile time.
 (b) the engine's dense epoch time (``time_s`` of ``autoprune.engine.train``, method
     ``dense``, the engine's default memory format) beside a minimal hand-written PyTorch
     loop on the same model, data, batch size and layout, as an overhead percentage.
 
 Usage::
 
-    .venv/bin/python benchmarks/pruned_training_speed.py            # 28x28, Fashion-MNIST
-    .venv/bin/python benchmarks/pruned_training_speed.py --device cuda --batch 512 \
-        --results benchmarks/results/pruned_training_speed_cuda_b512.md
+    .venv/bin/python benchmarks/pruned_training_speed.py --precision fp32 bf16 \
+        --formats channels_last contiguous                            # README's CPU run
+    .venv/bin/python benchmarks/pruned_training_speed.py --device cuda --batch 4096 \
+        --results benchmarks/results/pruned_training_speed_cuda_b4096.md
 
-Steps run in the engine's precision for the device (``--precision auto``: bf16 autocast
-on a GPU that has it, float32 on CPU). Results are also written to
+Steps run in the engine's precision for the device by default (``--precision auto``: bf16
+autocast on a GPU that has it or a CPU with AMX, float32 elsewhere). Results are also written to
 ``benchmarks/results/pruned_training_speed.{md,json}`` (``--results``).
 """
 
