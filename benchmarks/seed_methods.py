@@ -117,7 +117,8 @@ def run_one(model: str, key: str, method: str, params: dict[str, Any], seed: int
         "model": model,
         "dataset": {"name": args["dataset"], "train_subset": args["subset"]},
         "training": {"epochs": args["epochs"], "batch_size": args["batch"], "lr": args["lr"],
-                     "seed": seed, "device": args["device"], "threads": args["threads"]},
+                     "seed": seed, "device": args["device"], "threads": args["threads"],
+                     "precision": args["precision"]},
         "method": method,
         "method_params": params,
     })
@@ -233,6 +234,8 @@ def main() -> None:
     p.add_argument("--variants", nargs="+", help="method/variant keys (default: all)")
     p.add_argument("--jobs", type=int, help="runs at a time (default: the profile's)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="fp32",
+                   help="training.precision of every run (the committed results: fp32)")
     p.add_argument("--threads", type=int, help="torch threads per run (default: the profile's)")
     p.add_argument("--redo", action="store_true", help="run the selected rows again")
     p.add_argument("--results", help="JSON file stem under results/ (default: the profile's)")
@@ -246,7 +249,7 @@ def main() -> None:
         "profile": ns.profile, "models": ns.models or prof["models"], "dataset": ns.dataset,
         "subset": ns.subset or prof["subset"], "epochs": ns.epochs or prof["epochs"],
         "batch": ns.batch, "lr": ns.lr, "seeds": ns.seeds or prof["seeds"],
-        "jobs": ns.jobs or prof["jobs"], "device": ns.device,
+        "jobs": ns.jobs or prof["jobs"], "device": ns.device, "precision": ns.precision,
         "threads": ns.threads or prof["threads"], "workdir": f"{ns.workdir}/{ns.profile}",
     }
     table = prof["table"](args["epochs"])
