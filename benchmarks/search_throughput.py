@@ -59,7 +59,8 @@ RESULTS = Path(__file__).parent / "results" / "search_throughput.json"
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def space(trials: int, epochs: int, subset: int, cpu: int, concurrent: int) -> dict[str, Any]:
+def space(trials: int, epochs: int, subset: int, cpu: int, concurrent: int,
+          precision: str = "auto") -> dict[str, Any]:
     return {
         "num_samples": trials, "sampler": "random", "seed": 0,
         "objectives": ["accuracy", "macs"],
@@ -67,7 +68,8 @@ def space(trials: int, epochs: int, subset: int, cpu: int, concurrent: int) -> d
         "fixed": {"model": "small_resnet",
                   "dataset": {"name": "fashion_mnist", "train_subset": subset,
                               "val_fraction": 0.02},
-                  "training": {"epochs": epochs, "batch_size": 64, "lr": 0.05, "seed": 0}},
+                  "training": {"epochs": epochs, "batch_size": 64, "lr": 0.05, "seed": 0,
+                               "precision": precision}},
         "searched": {"methods": {"filter": {"target_ratio": {"low": 0.3, "high": 0.7},
                                             "end_epoch": max(1, epochs // 2)}}},
     }
@@ -207,7 +209,7 @@ def gpu_sharing(folder: Path, args: argparse.Namespace, cores: int) -> dict[str,
     CPU threads, as ``resources: {cpu: cores / K, gpu: 1 / K}`` would."""
     import torch
 
-    spec = space(1, args.epochs, args.subset, cores, 1)["fixed"]
+    spec = space(1, args.epochs, args.subset, cores, 1, args.precision)["fixed"]
     config = {**spec, "training": {**spec["training"], "device": args.device},
               "method": "filter",
               "method_params": {"target_ratio": 0.5, "end_epoch": max(1, args.epochs // 2)}}
@@ -231,6 +233,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--subset", type=int, default=12000)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                        help="training.precision of every trial and training")
     parser.add_argument("--gpu-share", type=int, nargs="+", default=[1, 2, 4],
                         help="with --device cuda: numbers of trainings sharing the GPU")
     args = parser.parse_args()
@@ -250,11 +254,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="autoprune-throughput-") as tmp:
         folder = Path(tmp)
         serial = run_search(folder, "serial", space(args.trials, args.epochs, args.subset,
-                                                    cores, 1))
+                                                    cores, 1, args.precision))
         print(json.dumps({k: v for k, v in serial.items() if k not in ("runs", "uri")}),
               flush=True)
         concurrent = run_search(folder, "concurrent", space(args.trials, args.epochs,
-                                                            args.subset, half, 2))
+                                                            args.subset, half, 2,
+                                                            args.precision))
         print(json.dumps({k: v for k, v in concurrent.items() if k not in ("runs", "uri")}),
               flush=True)
         replay = replay_config(folder, serial)
@@ -267,6 +272,7 @@ def main() -> None:
         record.pop("runs")
     figures = decompose(serial, concurrent, replay, alone, cores)
     report = {"cores": cores, "trials": args.trials, "epochs": args.epochs,
+              "precision": args.precision,
               "subset": args.subset, "serial": serial, "concurrent": concurrent, **figures}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(report, indent=2))
