@@ -59,7 +59,12 @@ from autoprune.compute import count_macs_params
 from autoprune.config import parse_train_config
 from autoprune.data import load_dataset
 from autoprune.engine import train
-from autoprune.engine.hardware import autocast, resolve_memory_format, resolve_precision
+from autoprune.engine.hardware import (
+    autocast,
+    precision_name,
+    resolve_memory_format,
+    resolve_precision,
+)
 from autoprune.methods.criteria import l1_importance, uniform_plan
 from autoprune.models import create_model
 from autoprune.surgery import DependencyIndex, remove_channels
@@ -131,6 +136,19 @@ def setup(name: str, args: argparse.Namespace,
     return model, x, y
 
 
+_QUARTER: dict[str, tuple[nn.Module, nn.Module, torch.Tensor, torch.Tensor]] = {}
+
+
+def dense_and_quarter(name: str, args: argparse.Namespace, device: torch.device,
+                      ) -> tuple[nn.Module, nn.Module, torch.Tensor, torch.Tensor]:
+    """The dense network, its copy pruned to MACs 0.25, and the batch; built once a run
+    and shared by parts (w), (p) and (c)."""
+    if name not in _QUARTER:
+        model, x, y = setup(name, args, device)
+        _QUARTER[name] = (model, prune_to_macs_ratio(model, x, 0.25), x, y)
+    return _QUARTER[name]
+
+
 def step_time_ratios(name: str, args: argparse.Namespace, device: torch.device,
                      out: list[dict]) -> list[str]:
     """Part (a): every (network, memory format, precision) step timed interleaved."""
@@ -168,10 +186,6 @@ def step_time_ratios(name: str, args: argparse.Namespace, device: torch.device,
                         f"{pruned_t * 1e3:.1f} | {verdict} |")
             print(rows[-1], flush=True)
     return rows
-
-
-def precision_name(dtype: torch.dtype | None) -> str:
-    return "fp32" if dtype is None else "bf16"
 
 
 KINDS = {"convolution": ("convolution",), "batch norm": ("batch_norm",),
@@ -235,8 +249,7 @@ def width_rows(name: str, args: argparse.Namespace, device: torch.device,
                out: list[dict]) -> list[str]:
     """Per input side: every convolution of the dense and of the pruned (MACs 0.25) network
     timed alone (forward + backward), summed; the rate is 3 x 2 x MACs over that time."""
-    model, x, _ = setup(name, args, device)
-    pruned = prune_to_macs_ratio(model, x, 0.25)
+    model, pruned, x, _ = dense_and_quarter(name, args, device)
     fmt = FORMATS[args.formats[-1]]
     stages: dict[int, dict[str, float]] = {}
     cache: dict[tuple, float] = {}
@@ -291,8 +304,7 @@ def gpu_busy(step, steps: int) -> dict[str, float]:  # noqa: ANN001
 
 
 def busy_rows(name: str, args: argparse.Namespace, device: torch.device, out: dict) -> list[str]:
-    model, x, y = setup(name, args, device)
-    pruned = prune_to_macs_ratio(model, x, 0.25)
+    model, pruned, x, y = dense_and_quarter(name, args, device)
     fmt = FORMATS[args.formats[-1]]
     found = {kind: gpu_busy(step_fn(net, x, y, fmt, dtype=args.dtype), args.profile_steps)
              for kind, net in (("dense", model), ("pruned", pruned))}
@@ -309,8 +321,7 @@ def busy_rows(name: str, args: argparse.Namespace, device: torch.device, out: di
 
 def profile_rows(name: str, args: argparse.Namespace, device: torch.device,
                  out: dict) -> list[str]:
-    model, x, y = setup(name, args, device)
-    pruned = prune_to_macs_ratio(model, x, 0.25)
+    model, pruned, x, y = dense_and_quarter(name, args, device)
     fmt = FORMATS[args.formats[-1]]
     dense_s = op_shares(step_fn(model, x, y, fmt, dtype=args.dtype), args.profile_steps)
     pruned_s = op_shares(step_fn(pruned, x, y, fmt, dtype=args.dtype), args.profile_steps)
@@ -328,10 +339,10 @@ def profile_rows(name: str, args: argparse.Namespace, device: torch.device,
 
 def compile_rows(name: str, args: argparse.Namespace, device: torch.device,
                  out: list[dict]) -> list[str]:
-    model, x, y = setup(name, args, device)
+    model, pruned, x, y = dense_and_quarter(name, args, device)
     fmt = FORMATS[args.formats[-1]]
     rows = []
-    for kind, net in (("dense", model), ("pruned 0.25", prune_to_macs_ratio(model, x, 0.25))):
+    for kind, net in (("dense", model), ("pruned 0.25", pruned)):
         steps = {c: step_fn(net, x, y, fmt, compiled=c, dtype=args.dtype) for c in (False, True)}
         first = {c: timed(step, device) for c, step in steps.items()}
         times: dict[bool, list[float]] = {False: [], True: []}

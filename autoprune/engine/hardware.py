@@ -62,9 +62,14 @@ def hardware_summary(device: torch.device, dtype: torch.dtype | None,
     """What a run resolved its hardware settings to (``summary.json``: ``hardware``);
     ``compiled_steps``: None without ``training.compile``."""
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    return {"device": str(device), "name": name, "precision": "bf16" if dtype else "fp32",
+    return {"device": str(device), "name": name, "precision": precision_name(dtype),
             "memory_format": "channels_last" if fmt == torch.channels_last else "contiguous",
             "threads": torch.get_num_threads(), "compiled_steps": compiled_steps}
+
+
+def precision_name(dtype: torch.dtype | None) -> str:
+    """``bf16`` or ``fp32``: the name of an autocast dtype (None: no autocast)."""
+    return "fp32" if dtype is None else "bf16"
 
 
 def resolve_memory_format(name: str, device: torch.device) -> torch.memory_format:
@@ -93,4 +98,4 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> Iterator[None]:
 
 
 __all__ = ["apply_memory_format", "autocast", "cpu_has_amx", "hardware_summary",
-           "resolve_device", "resolve_memory_format", "resolve_precision"]
+           "precision_name", "resolve_device", "resolve_memory_format", "resolve_precision"]
