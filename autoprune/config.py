@@ -15,6 +15,14 @@ from typing import Any, Literal
 import yaml
 
 from autoprune.errors import ConfigError
+from autoprune.references import (
+    as_reference,
+    is_reference,
+    normalise,
+    parse_reference,
+    remember_config_dir,
+    resolve,
+)
 from autoprune.validation import check_choice, check_range, convert, from_mapping
 
 __all__ = ["REPLAY_NOTE", "ConfigError", "DatasetConfig", "TrainConfig", "TrainingConfig",
@@ -24,21 +32,49 @@ __all__ = ["REPLAY_NOTE", "ConfigError", "DatasetConfig", "TrainConfig", "Traini
 
 @dataclass(frozen=True)
 class DatasetConfig:
-    """Which data, from where, and how much of it."""
+    """Which data, from where, and how much of it.
+
+    ``factory`` names the user's own data instead of a registered ``name``: an import
+    reference (``"module:callable"``) whose call (with ``kwargs``) returns ``(train,
+    test)`` or ``(train, val, test)`` map-style datasets of ``(image, int label)``;
+    ``mean``/``std`` (default: measured on the training split) and ``augment`` apply to
+    it (:mod:`autoprune.data.factory`)."""
 
     name: str = "digits"
     data_dir: str | None = None
     train_subset: int | None = None
     val_fraction: float = 0.1
     download: bool = False
+    factory: str | None = None
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    augment: Literal["none", "crop", "crop_flip"] | None = None
 
     def validate(self) -> None:
         from autoprune.data import list_datasets
 
-        check_choice("dataset.name", self.name, list_datasets())
+        if self.factory is None:
+            for key in FACTORY_ONLY:
+                if getattr(self, key) not in (None, {}):
+                    raise ConfigError(f"dataset.{key} applies to a dataset factory only "
+                                      "(dataset: {factory: 'module:callable', ...})")
+            check_choice("dataset.name", self.name, list_datasets())
         if self.train_subset is not None and self.train_subset < 1:
             raise ConfigError(f"dataset.train_subset must be at least 1, got {self.train_subset}")
         check_range("dataset.val_fraction", self.val_fraction, 0.0, 0.5)
+        for key in ("mean", "std"):
+            value = getattr(self, key)
+            if value is not None and (not value or (key == "std" and min(value) <= 0)):
+                raise ConfigError(f"dataset.{key} must be a non-empty list of numbers"
+                                  f"{' above 0' if key == 'std' else ''}, got {list(value)}")
+        if (self.mean is None) != (self.std is None) or (
+                self.mean is not None and len(self.mean) != len(self.std or ())):
+            raise ConfigError("dataset.mean and dataset.std go together, one number per channel")
+
+
+FACTORY_ONLY = ("kwargs", "mean", "std", "augment")
+"""DatasetConfig keys that apply to a dataset factory only."""
 
 
 @dataclass(frozen=True)
@@ -109,10 +145,28 @@ class TrainConfig:
     method: str = "dense"
     method_params: Mapping[str, Any] = field(default_factory=dict)
     model_params: Mapping[str, Any] = field(default_factory=dict)
+    model_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    """Arguments of the user's network when ``model`` is an import reference
+    (``num_classes``, ``in_channels`` and ``input_size`` come from the data)."""
+
+    @property
+    def is_reference(self) -> bool:
+        """Whether ``model`` is the user's own network (an import reference)."""
+        return is_reference(self.model)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain nested dict (what ``summary.json`` and MLflow store; loads back identically)."""
-        return dataclasses.asdict(self)
+        """Plain nested dict (what ``summary.json`` and MLflow store; loads back identically).
+        Keys of the user's own network and data appear only when set."""
+        out = dataclasses.asdict(self)
+        if not self.model_kwargs:
+            del out["model_kwargs"]
+        if self.dataset.factory is None:
+            for key in ("factory", *FACTORY_ONLY):
+                del out["dataset"][key]
+        for key in ("mean", "std"):
+            if key in out["dataset"] and out["dataset"][key] is not None:
+                out["dataset"][key] = list(out["dataset"][key])
+        return out
 
     def schedule(self) -> tuple[dict[str, Any], dict[str, tuple[int, int]]]:
         """The method parameters this run trains with (``method_params`` rescaled from
@@ -128,8 +182,13 @@ class TrainConfig:
         return dataclasses.asdict(scaled), changes
 
 
-def parse_train_config(data: Any) -> TrainConfig:
-    """Validate a nested mapping (from YAML or a search trial) into a :class:`TrainConfig`."""
+def parse_train_config(data: Any, *, imports: bool = True) -> TrainConfig:
+    """Validate a nested mapping (from YAML or a search trial) into a :class:`TrainConfig`.
+
+    ``model`` and ``dataset.factory`` may be import references, or the callables
+    themselves (kept under a reference, :mod:`autoprune.references`). With ``imports``
+    (the user's own config) references are imported and checked to name callables; without
+    (a config found beside a model file) they are only read, and no code is imported."""
     from autoprune.methods import get_method
     from autoprune.models import is_registered, list_models, model_info
 
@@ -140,13 +199,27 @@ def parse_train_config(data: Any) -> TrainConfig:
         data["dataset"] = {"name": data["dataset"]}
     if "model" not in data:
         raise ConfigError("missing required key 'model'")
+    data["model"] = as_reference(data["model"], "model")
+    if isinstance(data.get("dataset"), Mapping) and data["dataset"].get("factory") is not None:
+        data["dataset"] = _factory_dataset(dict(data["dataset"]), imports)
     config = from_mapping(TrainConfig, data, "")
-    if not is_registered(config.model):
-        check_choice("model", config.model, list_models())
+    if config.is_reference:
+        config = dataclasses.replace(config, model=_reference("model", config.model, imports))
+    elif config.model_kwargs:
+        raise ConfigError("model_kwargs apply to an import reference ('module:callable'); "
+                          "registered models take model_params")
+    elif not is_registered(config.model):
+        try:
+            check_choice("model", config.model, list_models())
+        except ConfigError as exc:
+            raise ConfigError(f"{exc}; or an import reference to your own network, "
+                              "'module:callable' or 'path/to/file.py:callable'") from None
     config.dataset.validate()
     config.training.validate()
     method = get_method(config.method)
-    _check_support(config.model, model_info(config.model).supports, config.method, method.requires)
+    if not config.is_reference:  # the user's network is measured before training
+        _check_support(config.model, model_info(config.model).supports, config.method,
+                       method.requires)
     reference = config.training.reference_epochs
     params = method.parse_params(config.method_params, reference)
     config = dataclasses.replace(config, method_params=dataclasses.asdict(params))
@@ -160,6 +233,29 @@ def parse_train_config(data: Any) -> TrainConfig:
     return config
 
 
+def _factory_dataset(dataset: dict[str, Any], imports: bool) -> dict[str, Any]:
+    """A ``dataset`` mapping with a factory: the reference checked (and imported), and the
+    dataset named after it."""
+    factory = as_reference(dataset["factory"], "dataset.factory")
+    if not isinstance(factory, str):
+        raise ConfigError("dataset.factory must be an import reference 'module:callable', "
+                          f"got {type(factory).__name__}")
+    factory = _reference("dataset.factory", factory, imports)
+    name = dataset.get("name")
+    if name is not None and name not in (factory, dataset["factory"]):
+        raise ConfigError("dataset: give either name (a registered dataset) or factory, "
+                          "not both")
+    return {**dataset, "factory": factory, "name": factory}
+
+
+def _reference(key: str, text: str, imports: bool) -> str:
+    """A reference in its kept form; with ``imports``, checked to import a callable."""
+    if not imports:
+        parse_reference(text, key)
+        return text
+    text = normalise(text, key)
+    resolve(text, key)
+    return text
 def at_budget(data: Any, epochs: int | None = None, train_subset: int | None = None) -> Any:
     """A raw train config (as read from YAML) replayed at another budget: ``epochs``
     rescales the schedule (``training.schedule_epochs`` keeps the budget it was written
@@ -189,6 +285,7 @@ def load_yaml(path: str | Path) -> Any:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
+    remember_config_dir(path)  # import references may name a module beside it
     try:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -205,7 +302,8 @@ def load_yaml(path: str | Path) -> Any:
 
 
 def load_train_config(path: str | Path) -> TrainConfig:
-    """Read and validate a train config YAML file."""
+    """Read and validate a train config YAML file (modules of import references are also
+    looked for beside it)."""
     return parse_train_config(load_yaml(path))
 
 

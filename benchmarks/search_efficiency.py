@@ -7,12 +7,12 @@ tiny ResNet, every method), over several seeds.
 How it runs: Optuna directly, not a Ray Tune search, for speed (no cluster start-up per
 run). It uses the search's own pieces: the space's define-by-run sampling
 (``DefineByRun``), the same samplers and options (``build_sampler``), the same trial logic
-(flat config -> ``parse_train_config`` -> ``engine.train``; final test accuracy and MACs
-as the objectives; NaN runs told as failed) and the same de-duplication as
+(flat config -> ``parse_train_config`` -> ``engine.train``; final validation accuracy and
+MACs as the objectives, as a search chooses; NaN runs told as failed) and the same de-duplication as
 ``FinalResultSearch`` (an exact repeat is answered from memory and does not count as a
 trial). Runs go in parallel over processes, one torch thread each.
 
-Hypervolume: objectives (accuracy, MACs / dense MACs), reference point (0, 1.1), so a
+Hypervolume: objectives (validation accuracy, MACs / dense MACs), reference point (0, 1.1), so a
 dense model adds 0.1 x its accuracy and a model at a tenth of the MACs up to ~1.0 x it.
 
     python benchmarks/search_efficiency.py                  # 24 trials x 3 seeds, ~10 min
@@ -77,7 +77,8 @@ def run_one(space_file: str, sampler_name: str, seed: int, trials: int) -> dict[
 
 
 def evaluate(fixed: dict[str, Any], flat: dict[str, Any]) -> list[float] | None:
-    """The trial logic of the search: (test accuracy, MACs ratio), None when it diverged."""
+    """The trial logic of the search: (validation accuracy, MACs ratio), None when it
+    diverged (the test split is never used to choose)."""
     from autoprune.config import parse_train_config
     from autoprune.engine import TrainingDiverged, train
     from autoprune.search.sampling import train_config_dict
@@ -85,10 +86,10 @@ def evaluate(fixed: dict[str, Any], flat: dict[str, Any]) -> list[float] | None:
     config = parse_train_config(train_config_dict(fixed, flat))
     with tempfile.TemporaryDirectory(prefix="autoprune-bench-") as out:
         try:
-            summary = train(config, out, progress=False, resume=False)
+            summary = train(config, out, progress=False, resume=False, measure_test=False)
         except TrainingDiverged:
             return None
-    return [float(summary["accuracy"]), float(summary["macs_ratio"])]
+    return [float(summary["val_accuracy"]), float(summary["macs_ratio"])]
 
 
 def _tell(study: Any, trial: Any, values: list[float] | None) -> None:
@@ -132,7 +133,7 @@ def plot(runs: list[dict[str, Any]], samplers: list[str], path: Path) -> None:
         ax.plot(xs, [statistics.mean(c) for c in columns], label=f"{name} ({len(curves)} seeds)")
         ax.fill_between(xs, [min(c) for c in columns], [max(c) for c in columns], alpha=0.2)
     ax.set_xlabel("trials")
-    ax.set_ylabel(f"hypervolume (accuracy, MACs ratio; ref {REFERENCE})")
+    ax.set_ylabel(f"hypervolume (validation accuracy, MACs ratio; ref {REFERENCE})")
     ax.set_title("Search efficiency on the quickstart space")
     ax.grid(alpha=0.3)
     ax.legend()
@@ -156,7 +157,7 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     plot(runs, args.samplers, RESULTS / "search_efficiency.png")
     text = (f"Search efficiency: {Path(args.space).name}, {args.trials} trials, seeds "
-            f"{args.seeds}, hypervolume of (accuracy, MACs ratio) against reference "
+            f"{args.seeds}, hypervolume of (validation accuracy, MACs ratio) against reference "
             f"{REFERENCE} (higher is better); {time.perf_counter() - start:.0f} s in all.\n\n"
             + table(runs, args.samplers, args.trials) + "\n")
     (RESULTS / "search_efficiency.md").write_text(text)

@@ -18,19 +18,28 @@ TRAIN_CONFIG: dict[str, Any] = {
 
 
 def search_store(folder: Path, trials: Iterable[tuple[str, str, Mapping[str, float]]],
-                 experiment: str = "s", step: int = 1, config: bool = False) -> str:
+                 experiment: str = "s", step: int = 1, config: bool = False,
+                 legacy: bool = False, tags: Mapping[str, str] | None = None) -> str:
     """A SQLite store in ``folder`` holding one finished search as the tracking callback
-    writes it: a parent run and a child run per ``(trial_id, status, metrics)``; with
-    ``config``, each child also has a ``train_config.yaml`` artifact. Returns its URI."""
+    writes it: a parent run (with ``tags``) and a child run per ``(trial_id, status,
+    metrics)``; with ``config``, each child also has a ``train_config.yaml`` artifact.
+    ``accuracy`` is the validation accuracy: ``val_accuracy`` repeats it and
+    ``test_accuracy`` is 0.01 lower unless given. ``legacy``: as a search logged before
+    searches chose on validation accuracy (``accuracy`` then holds the test accuracy, and
+    no ``test_accuracy`` is logged). Returns its URI."""
     from autoprune.search.store import artifact_location, open_client
 
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     client = open_client(uri)
     exp = client.create_experiment(experiment,
                                    artifact_location=artifact_location(uri, experiment))
-    parent = client.create_run(exp, tags={"autoprune.role": "search"}).info.run_id
+    parent = client.create_run(exp, tags={"autoprune.role": "search",
+                                          **(tags or {})}).info.run_id
     client.log_param(parent, "objectives", "accuracy,macs")
     for trial, status, metrics in trials:
+        if not legacy and "accuracy" in metrics:
+            metrics = {"val_accuracy": metrics["accuracy"],
+                       "test_accuracy": metrics["accuracy"] - 0.01, **metrics}
         run = client.create_run(exp, tags={
             "autoprune.role": "trial", "mlflow.parentRunId": parent,
             "autoprune.trial_id": trial, "autoprune.status": status}).info.run_id

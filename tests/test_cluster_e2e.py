@@ -260,7 +260,8 @@ def test_every_run_metric_and_artifact_is_served_by_mlflow(
             steps = {m.step for m in client.get_metric_history(run_id, key)}
             assert set(range(1, EPOCHS + 1)) <= steps, (run_id, key, steps)
         summary = json.loads(got["summary.json"])
-        assert run.data.metrics["accuracy"] == pytest.approx(summary["accuracy"])
+        assert run.data.metrics["accuracy"] == pytest.approx(summary["val_accuracy"])
+        assert run.data.metrics["test_accuracy"] == pytest.approx(summary["accuracy"])
         assert run.data.metrics["macs"] == summary["macs"]
         assert autoprune.load_model(folder / "model.pt") is not None
     # plain HTTP, as the UI and any other client fetch it

@@ -100,7 +100,11 @@ def test_child_runs_have_metrics_tags_and_artifacts(search: dict[str, Any]) -> N
             a.path for a in client.list_artifacts(run_id)}
         summary = json.loads(Path(client.download_artifacts(
             run_id, "summary.json", str(search["folder"]))).read_text())
-        assert child.data.metrics["accuracy"] == pytest.approx(summary["accuracy"])
+        # the search chooses on validation accuracy and reports test accuracy beside it
+        assert child.data.metrics["accuracy"] == pytest.approx(summary["val_accuracy"])
+        assert child.data.metrics["val_accuracy"] == pytest.approx(summary["val_accuracy"])
+        assert child.data.metrics["test_accuracy"] == pytest.approx(summary["accuracy"])
+        assert tags["autoprune.fidelity"] == "full"
         assert child.data.metrics["macs"] == summary["macs"]
 
 
@@ -138,7 +142,9 @@ def test_pareto_command_and_pick_on_the_store(search: dict[str, Any], tmp_path: 
     assert picked["accuracy"] == pytest.approx(best.data.metrics["accuracy"])
     replay = train(load_train_config(out), tmp_path / "replay", progress=False)
     assert replay["macs"] == picked["macs"]  # the same schedule, replayed
-    assert abs(replay["accuracy"] - picked["accuracy"]) < 0.05
+    assert abs(replay["val_accuracy"] - picked["val_accuracy"]) < 0.05
+    assert picked["test_accuracy"] == pytest.approx(
+        search["client"].get_run(picked["run_id"]).data.metrics["test_accuracy"])
     model_path = search["client"].download_artifacts(picked["run_id"], "model.pt", str(tmp_path))
     assert autoprune.load_model(model_path) is not None
 
@@ -319,3 +325,109 @@ def _trial_workers() -> list[int]:
         except OSError:
             continue
     return workers
+
+
+# --- two stages: a proxy search, then its best schedules at full fidelity ---------------
+
+TWO_STAGE_TRIALS = 6
+
+
+@pytest.fixture(scope="module")
+def two_stage(ray_session: None, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A two-stage search aimed at a budget: 6 proxy trials (2 epochs of 3 on 400 images),
+    then the 3 best proxy schedules within ``macs_ratio<=0.7`` at full fidelity."""
+    from autoprune.search.store import RunLookup, open_client
+
+    folder = tmp_path_factory.mktemp("two-stage")
+    space = {**SPACE, "num_samples": TWO_STAGE_TRIALS,
+             "fidelity": {"proxy": {"epochs": 2, "train_subset": 400}, "replay": {"top": 3}}}
+    space["searched"] = {"methods": {
+        "dense": {}, "filter": {"target_ratio": {"low": 0.2, "high": 0.9}, "end_epoch": 3}}}
+    code, uri = run_search(folder, space, "two", "--target", "macs_ratio<=0.7")
+    client = open_client(uri)
+    lookup = RunLookup(client, client.get_experiment_by_name("two").experiment_id)
+    return {"code": code, "uri": uri, "client": client, "lookup": lookup, "folder": folder,
+            "space": space, "parent": lookup.parent(), "children": lookup.children()}
+
+
+def test_two_stage_search_tags_proxy_and_full_trials(two_stage: dict[str, Any]) -> None:
+    assert two_stage["code"] == 0
+    children = two_stage["children"]
+    proxies = [c for c in children if c.data.tags["autoprune.fidelity"] == "proxy"]
+    full = [c for c in children if c.data.tags["autoprune.fidelity"] == "full"]
+    assert len(proxies) == TWO_STAGE_TRIALS and 1 <= len(full) <= 3
+    by_id = {c.info.run_id: c for c in proxies}
+    for run in proxies:  # params: the schedule as written; metric epochs: the proxy's
+        assert run.data.params["training.epochs"] == str(EPOCHS)
+        assert run.data.metrics["epochs"] == 2
+        assert "test_accuracy" not in run.data.metrics  # the proxy never sees the test split
+    for run in full:
+        assert run.data.metrics["epochs"] == EPOCHS
+        assert run.data.tags["autoprune.status"] == "completed"
+        source = by_id[run.data.tags["autoprune.proxy_run_id"]]  # the proxy it replays
+        schedule = {k: v for k, v in run.data.params.items() if k.startswith("method")}
+        assert schedule == {k: v for k, v in source.data.params.items()
+                            if k.startswith("method")}
+        assert run.data.metrics["macs_ratio"] <= 0.7 + 1e-9 or not any(
+            p.data.metrics["macs_ratio"] <= 0.7 for p in proxies)
+        assert {"val_accuracy", "test_accuracy"} <= set(run.data.metrics)
+    parent = two_stage["parent"]
+    assert parent.data.tags["autoprune.target"] == "macs_ratio<=0.7"
+    assert parent.data.tags["autoprune.search_status"] == "completed"
+
+
+def test_two_stage_front_holds_full_trials_only(two_stage: dict[str, Any]) -> None:
+    client, parent = two_stage["client"], two_stage["parent"]
+    full = {c.data.tags["autoprune.trial_id"]: c for c in two_stage["children"]
+            if c.data.tags["autoprune.fidelity"] == "full"}
+    path = client.download_artifacts(parent.info.run_id, "pareto.csv", str(two_stage["folder"]))
+    with open(path) as fh:
+        rows = list(csv.DictReader(fh))
+    assert rows and {"val_accuracy", "test_accuracy", "fidelity"} <= set(rows[0])
+    assert {r["trial_id"] for r in rows} <= set(full)
+    points = {t: (c.data.metrics["val_accuracy"], c.data.metrics["macs"]) for t, c in full.items()}
+    for row in rows:  # non-dominated on validation accuracy and MACs
+        p = points[row["trial_id"]]
+        assert not any(q[0] >= p[0] and q[1] <= p[1] and q != p for q in points.values())
+        assert float(row["test_accuracy"]) == pytest.approx(
+            full[row["trial_id"]].data.metrics["test_accuracy"])
+
+
+def test_two_stage_compute_covers_both_stages_and_costs_less(two_stage: dict[str, Any]) -> None:
+    client, children = two_stage["client"], two_stage["children"]
+    total = client.get_run(two_stage["parent"].info.run_id).data.metrics["search_train_flops"]
+    assert total == pytest.approx(sum(c.data.metrics["trial_train_flops"] for c in children))
+    full = [c.data.metrics["train_flops"] for c in children
+            if c.data.tags["autoprune.fidelity"] == "full"]
+    proxy = [c.data.metrics["train_flops"] for c in children
+             if c.data.tags["autoprune.fidelity"] == "proxy"]
+    assert sum(proxy) > 0 and total == pytest.approx(sum(full) + sum(proxy))
+    # the same 6 schedules at full fidelity would cost at least 6 x the cheapest full run
+    assert total < TWO_STAGE_TRIALS * min(full)
+
+
+def test_pick_without_a_budget_stays_within_the_target(
+        two_stage: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    capsys.readouterr()
+    code = main(["pick", "--experiment", "two", "--tracking-uri", two_stage["uri"]])
+    out, err = capsys.readouterr()
+    if code == 2:  # no replay within the target: the error names it
+        assert "--target macs_ratio<=0.7" in err
+        return
+    picked = json.loads(out)
+    assert picked["macs_ratio"] <= 0.7 and picked["budget"] == "--target macs_ratio<=0.7"
+    assert picked["accuracy"] == picked["val_accuracy"] and "test_accuracy" in picked
+    full = [c for c in two_stage["children"] if c.data.tags["autoprune.fidelity"] == "full"
+            and c.data.metrics["macs_ratio"] <= 0.7]
+    best = max(full, key=lambda c: (c.data.metrics["val_accuracy"], -c.data.metrics["macs"]))
+    assert picked["run_id"] == best.info.run_id  # chosen on validation, not test
+
+
+def test_resuming_a_finished_two_stage_search_reruns_nothing(two_stage: dict[str, Any]) -> None:
+    folder = two_stage["folder"]
+    path = folder / "two.yaml"
+    code = main(["search", str(path), "--name", "two", "--tracking-uri", two_stage["uri"],
+                 "--storage-path", str(folder / "ray"), "--target", "macs_ratio<=0.7",
+                 "--resume"])
+    assert code == 0
+    assert len(two_stage["lookup"].children()) == len(two_stage["children"])

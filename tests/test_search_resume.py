@@ -118,6 +118,48 @@ def test_killed_search_resumes_without_duplicates(workdir: Path, ray_tmp: str) -
     assert main(args(workdir)) == 2  # the name is taken now: no silent second search
 
 
+@pytest.mark.slow
+def test_two_stage_search_killed_in_stage_2_resumes_there(workdir: Path, ray_tmp: str) -> None:
+    """Stage 1 is read back, not rerun; stage 2 goes on with the replays it had chosen."""
+    space = {**SPACE, "fidelity": {"proxy": {"epochs": 3, "train_subset": 400},
+                                   "replay": {"top": 3}}}
+    space["searched"] = {"methods": {
+        "filter": {"target_ratio": {"low": 0.3, "high": 0.9}, "end_epoch": 4},
+        "prune_retrain": {"target_ratio": {"low": 0.3, "high": 0.9}}}}
+    (workdir / "space.yaml").write_text(yaml.safe_dump(space))
+    env = {**os.environ, "RAY_TMPDIR": ray_tmp}
+    cmd = [sys.executable, "-m", "autoprune", *args(workdir)]
+    with open(workdir / "first.log", "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while (workdir / "first.log").read_text().partition("stage 2:")[2].count(
+                " completed: ") < 1:
+            assert proc.poll() is None and time.monotonic() < deadline, (
+                workdir / "first.log").read_text()
+            time.sleep(0.2)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    proxies = {c.info.run_id for c in completed(workdir)
+               if c.data.tags["autoprune.fidelity"] == "proxy"}
+    assert len(proxies) == NUM_SAMPLES
+    resumed = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True,
+                             timeout=300)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "stage 1:" not in resumed.stdout  # straight back into stage 2
+    runs = children(workdir)
+    ids = [c.data.tags["autoprune.trial_id"] for c in runs]
+    assert len(ids) == len(set(ids)), "a trial has two child runs"
+    done = completed(workdir)
+    assert {c.info.run_id for c in done if c.data.tags["autoprune.fidelity"] == "proxy"} == proxies
+    full = [c for c in done if c.data.tags["autoprune.fidelity"] == "full"]
+    assert len(full) == 3
+    assert len({c.data.tags["autoprune.proxy_run_id"] for c in full}) == 3
+
+
 def test_unreachable_cluster_is_a_user_error(workdir: Path,
                                              capsys: pytest.CaptureFixture[str]) -> None:
     assert main(args(workdir, "--address", "127.0.0.1:1")) == 2

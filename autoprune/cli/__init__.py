@@ -2,7 +2,8 @@
 
 One module per command group, each registering its commands on the parser:
 :mod:`~autoprune.cli.train` (train, models, datasets, methods), :mod:`~autoprune.cli.search`
-(search, pareto, pick, ui), :mod:`~autoprune.cli.export` (export).
+(search, pareto, pick, ui), :mod:`~autoprune.cli.export` (export),
+:mod:`~autoprune.cli.check` (check).
 
 User errors (``UserError``) end with ``error: <one line>`` and exit code 2, no traceback.
 """
@@ -41,9 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    from autoprune.cli import export, search, train  # one module per command group
+    from autoprune.cli import check, export, search, train  # one module per command group
 
-    for group in (train, search, export):
+    for group in (train, check, search, export):
         group.add_commands(sub, command)
     return parser
 

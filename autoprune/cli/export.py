@@ -29,6 +29,10 @@ def add_commands(sub: Any, command: Callable[[str], Callable[..., Any]]) -> None
     p.add_argument("--input-shape", metavar="C,H,W",
                    help="one input's shape, for a model file that records none")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///runs/mlflow.db)")
+    p.add_argument("--trust", action="append", default=[], metavar="MODULE",
+                   help="a module (or .py file) of your own network and dataset factory that "
+                        "may be imported to rebuild it (repeatable); a model file never "
+                        "imports code by itself")
     command("export")(_export)
 
 
@@ -40,7 +44,7 @@ def _export(args: argparse.Namespace) -> int:
     from autoprune.deploy.source import resolve, sample_inputs
 
     shape = _shape(args.input_shape)
-    source = resolve(args.source, args.tracking_uri)
+    source = resolve(args.source, args.tracking_uri, tuple(args.trust))
     if args.threads:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()

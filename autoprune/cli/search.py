@@ -9,6 +9,7 @@ import argparse
 import dataclasses
 import json
 import re
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -33,8 +34,23 @@ def add_commands(sub: Any, command: Callable[[str], Callable[..., Any]]) -> None
     p.add_argument("--max-concurrent", type=int, help="trials at once (default: all that fit)")
     p.add_argument("--max-failures", type=int, help="retries of a crashed trial (default: 1)")
     p.add_argument("--scheduler", choices=("none", "moasha"),
-                   help="multi-fidelity TrialScheduler: moasha = multi-objective successive "
-                        "halving over rungs of fewer epochs (default: from the space, none)")
+                   help="multi-fidelity TrialScheduler: moasha = asynchronous multi-objective "
+                        "successive halving (default: from the space, none; not advised: "
+                        "see README)")
+    p.add_argument("--target", metavar="BOUNDS",
+                   help='aim the search at one budget, e.g. "macs_ratio<=0.25" (also macs, '
+                        "params, params_ratio, latency_ms; several joined with ',')")
+    p.add_argument("--proxy-epochs", type=int, metavar="N",
+                   help="two-stage search: stage 1 trains every trial for N epochs (sets "
+                        "fidelity.proxy.epochs)")
+    p.add_argument("--proxy-train-subset", type=int, metavar="N",
+                   help="two-stage search: stage 1 trains on N images (fidelity.proxy."
+                        "train_subset)")
+    p.add_argument("--replay", metavar="front|K",
+                   help="two-stage search: stage 2 replays the proxy front, or its K best "
+                        "(fidelity.replay)")
+    p.add_argument("--full-fidelity", action="store_true",
+                   help="ignore the space's fidelity block: every trial at full fidelity")
     command("search")(_search)
 
     p = sub.add_parser("pareto", help="print a search's Pareto front from MLflow")
@@ -44,11 +60,13 @@ def add_commands(sub: Any, command: Callable[[str], Callable[..., Any]]) -> None
 
     p = sub.add_parser("pick", help="the most accurate completed trial within a budget")
     p.add_argument("--experiment", required=True, help="the search's name")
-    budget = p.add_mutually_exclusive_group(required=True)
+    budget = p.add_mutually_exclusive_group(required=False)
     budget.add_argument("--max-macs", help="at most this many MACs (e.g. 4e7 or 40M)")
     budget.add_argument("--max-macs-ratio", type=float, help="at most this share of dense MACs")
     budget.add_argument("--max-params", help="at most this many parameters (e.g. 50K)")
     budget.add_argument("--min-accuracy", type=float, help="cheapest in MACs with this accuracy")
+    p.epilog = ("Without a budget flag, pick stays within the search's --target. It chooses "
+                "on validation accuracy and prints test accuracy beside it.")
     p.add_argument("--out", help="write the replayable train config YAML here")
     p.add_argument("--register", metavar="NAME",
                    help="register the picked network as a new version of MLflow model NAME")
@@ -77,6 +95,11 @@ def search_request(args: argparse.Namespace) -> Any:
     if args.scheduler is not None:
         space = dataclasses.replace(
             space, scheduler=dataclasses.replace(space.scheduler, name=args.scheduler))
+    space = _with_fidelity_flags(space, args)
+    if args.target is not None:
+        from autoprune.search.target import parse_target
+
+        space = dataclasses.replace(space, target=parse_target(args.target))
     validate_settings(space)
     storage = Path(args.storage_path or "runs/ray")
     name = args.name or space.name or Path(args.space).stem
@@ -96,6 +119,15 @@ def search_request(args: argparse.Namespace) -> Any:
     )
 
 
+def _with_fidelity_flags(space: Any, args: argparse.Namespace) -> Any:
+    """The space's two-stage settings with the command line's overrides."""
+    from autoprune.search.fidelity import override_two_stage
+
+    return dataclasses.replace(space, fidelity=override_two_stage(
+        space.fidelity, args.proxy_epochs, args.proxy_train_subset, args.replay,
+        getattr(args, "full_fidelity", False)))
+
+
 def _search(args: argparse.Namespace) -> int:
     from autoprune.search.tuner import run_search
 
@@ -104,9 +136,11 @@ def _search(args: argparse.Namespace) -> int:
     rungs = (f", TrialScheduler moasha (rungs of {', '.join(map(str, space.rungs))} epochs, "
              f"reduction factor {space.scheduler.reduction_factor:g})"
              if space.scheduler.enabled else "")
+    stages = f", two stages ({space.fidelity.describe()})" if space.fidelity.enabled else ""
+    target = f", target {space.target}" if space.target is not None else ""
     print(f"search {request.name!r}: {space.num_samples} trials, sampler "
-          f"{space.sampler}{rungs}, objectives {', '.join(space.objectives)}; "
-          f"MLflow {request.tracking_uri}", flush=True)
+          f"{space.sampler}{rungs}{stages}{target}, objectives {', '.join(space.objectives)} "
+          f"(accuracy = validation accuracy); MLflow {request.tracking_uri}", flush=True)
     outcome = run_search(request)
     experiment_id = print_front(outcome.name, outcome.tracking_uri)
     uri = "" if args.tracking_uri is None else f" --tracking-uri {outcome.tracking_uri}"
@@ -132,13 +166,19 @@ def print_front(name: str, uri: str | None) -> str:
 
     record = load_search(uri, name)
     rows = front(record.rows, record.objectives, record.modes)
-    print(f"\nPareto front of {name!r} ({len(rows)} of {len(record.rows)} completed trials; "
-          f"objectives {', '.join(record.objectives)}):")
+    print(f"\nPareto front of {name!r} ({len(rows)} of {len(record.rows)} completed "
+          f"full-fidelity trials; objectives {', '.join(record.objectives)}; chosen on "
+          f"validation accuracy, test accuracy shown beside it"
+          f"{'; target ' + record.target if record.target else ''}):")
     print(front_table(rows, record.objectives))
+    note = record.legacy_note()
+    if note:
+        print(note)
     metrics = record.parent.data.metrics
     if "search_train_flops" in metrics:
         counts = ", ".join(f"{int(metrics.get(f'trials_{s}', 0))} {s}"
-                           for s in ("completed", "pruned", "failed"))
+                           for s in ("completed", "pruned", "failed", "proxy")
+                           if s != "proxy" or f"trials_{s}" in metrics)
         print(f"search compute: {human(metrics['search_train_flops'])} training FLOPs "
               f"({counts})")
     return str(record.lookup.experiment_id)
@@ -153,14 +193,25 @@ def _pick(args: argparse.Namespace) -> int:
     from autoprune.search.pick import Budget, choose, replay_config
     from autoprune.search.store import load_search
 
-    budget = Budget.from_args(args.max_macs, args.max_macs_ratio, args.max_params,
-                              args.min_accuracy)
+    flags = (args.max_macs, args.max_macs_ratio, args.max_params, args.min_accuracy)
+    budget = Budget.from_args(*flags) if any(f is not None for f in flags) else None
     if args.register is not None:
         from autoprune.deploy.mlflow_model import check_name
 
         check_name("--register", args.register)  # before anything is looked up
         check_name("--alias", args.alias)
     record = load_search(args.tracking_uri, args.experiment)
+    if budget is None:
+        from autoprune.search.target import parse_target
+
+        target = parse_target(record.target, "the search's target")
+        if target is None:
+            Budget.from_args()  # raises: names the budget flags
+        assert target is not None
+        budget = Budget.from_target(target)
+    note = record.legacy_note()
+    if note:
+        print(note, file=sys.stderr)
     row = choose(record.rows, budget)
     from autoprune.config import REPLAY_NOTE, dump_yaml, replayable
 
@@ -169,8 +220,8 @@ def _pick(args: argparse.Namespace) -> int:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         dump_yaml(config, args.out, header=f"autoprune pick: trial {row.get('trial_id')} "
                                            f"of search {args.experiment!r}\n{REPLAY_NOTE}")
-    keys = ("run_id", "trial_id", "method", "accuracy", "macs", "params", "train_flops",
-            "macs_ratio", "params_ratio")
+    keys = ("run_id", "trial_id", "method", "accuracy", "val_accuracy", "test_accuracy", "macs",
+            "params", "train_flops", "macs_ratio", "params_ratio")
     out = {k: row.get(k) for k in keys}
     registered = None
     if args.register is not None:
@@ -178,13 +229,15 @@ def _pick(args: argparse.Namespace) -> int:
         from autoprune.search.store import resolve_tracking_uri
 
         tags = {"autoprune.search": args.experiment,
-                "autoprune.budget": f"{budget.flag} {budget.limit:g}",
+                "autoprune.budget": budget.describe(),
                 "autoprune.objectives": ",".join(record.objectives),
                 "autoprune.trial_id": str(row.get("trial_id")), "autoprune.run_id": row["run_id"],
-                **{f"autoprune.{k}": f"{row[k]:.6g}" for k in ("accuracy", "macs", "macs_ratio")
+                **{f"autoprune.{k}": f"{row[k]:.6g}"
+                   for k in ("accuracy", "val_accuracy", "test_accuracy", "macs", "macs_ratio")
                    if isinstance(row.get(k), (int, float))}}
         registered = register(record.lookup.client, resolve_tracking_uri(args.tracking_uri),
                               row["run_id"], args.register, args.alias, tags)
+    out["budget"] = budget.describe()
     print(json.dumps({**out, "config": config, "config_file": args.out,
                       **({"registered": registered} if registered else {})}, indent=2))
     return 0

@@ -59,8 +59,8 @@ def _train(args: argparse.Namespace) -> int:
     except TrainingDiverged as exc:
         raise UserError(f"training diverged: {exc}; lower training.lr (now "
                         f"{config.training.lr:g}), then rerun with --fresh") from None
-    keys = ("accuracy", "macs", "dense_macs", "params", "dense_params", "train_flops",
-            "dense_train_flops", "wall_time_s")
+    keys = ("accuracy", "val_accuracy", "macs", "dense_macs", "params", "dense_params",
+            "train_flops", "dense_train_flops", "wall_time_s")
     print(json.dumps({k: summary[k] for k in keys}, indent=2))
     rescaled = summary["schedule"]["rescaled"]
     if rescaled:

@@ -15,6 +15,7 @@ from autoprune.data._registry import (
     load_dataset,
     register_dataset,
 )
+from autoprune.data.factory import load_config_data
 from autoprune.data.loaders import BatchSource
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "DataBundle",
     "DatasetSpec",
     "list_datasets",
+    "load_config_data",
     "load_dataset",
     "register_dataset",
 ]

@@ -44,7 +44,8 @@ class DataBundle:
     name: str
     num_classes: int
     in_channels: int
-    input_size: int
+    input_size: int | tuple[int, int]
+    """Square side; ``(height, width)`` for non-square images of a dataset factory."""
     train: BatchSource
     val: BatchSource
     test: BatchSource
@@ -120,7 +121,29 @@ def load_dataset(
     ``image_size`` and ``num_workers`` apply to ``imagefolder`` only.
     """
     spec, loader = get_dataset(name)
-    request = LoadRequest(
+    request = load_request(
+        data_dir=data_dir, train_subset=train_subset, seed=seed, batch_size=batch_size,
+        device=device, download=download, val_fraction=val_fraction,
+        eval_batch_size=eval_batch_size, image_size=image_size, num_workers=num_workers,
+    )
+    return loader(spec, request)
+
+
+def load_request(
+    *,
+    data_dir: str | os.PathLike[str] | None = None,
+    train_subset: int | None = None,
+    seed: int = 0,
+    batch_size: int = 128,
+    device: torch.device | str = "cpu",
+    download: bool = False,
+    val_fraction: float = 0.1,
+    eval_batch_size: int | None = None,
+    image_size: int | None = None,
+    num_workers: int | None = None,
+) -> LoadRequest:
+    """The options of :func:`load_dataset`, validated (UserError naming a bad one)."""
+    return LoadRequest(
         data_dir=Path(data_dir).expanduser() if data_dir is not None else None,
         train_subset=_optional_positive("train_subset", train_subset),
         seed=int(seed),
@@ -132,7 +155,6 @@ def load_dataset(
         image_size=_optional_positive("image_size", image_size),
         num_workers=None if num_workers is None else _non_negative("num_workers", num_workers),
     )
-    return loader(spec, request)
 
 
 def _positive(key: str, value: int) -> int:

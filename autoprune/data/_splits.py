@@ -88,15 +88,22 @@ def tensor_bundle(
     request: LoadRequest,
     train: tuple[Tensor, Tensor],
     test: tuple[Tensor, Tensor],
+    val: tuple[Tensor, Tensor] | None = None,
 ) -> DataBundle:
-    """Build a bundle from uint8 NCHW images + int64 labels of the official train/test splits."""
+    """Build a bundle from uint8 NCHW images + int64 labels of the official train/test splits
+    (float images work too, with ``spec.max_value`` their value of 1.0). Validation is carved
+    out of ``train`` (:func:`train_val_indices`) unless ``val`` is given."""
     if request.image_size not in (None, spec.input_size):
         raise UserError(
             f"image_size applies to imagefolder only; {spec.name!r} images are "
             f"{spec.input_size}x{spec.input_size}"
         )
     images, labels = train
-    fit_idx, val_idx = train_val_indices(labels, request, spec.name)
+    if val is None:
+        fit_idx, val_idx = train_val_indices(labels, request, spec.name)
+    else:
+        every = torch.arange(labels.numel())
+        fit_idx = draw_subset(every, request.train_subset, request.seed, spec.name)
     if spec.mean is None or spec.std is None:
         mean, std = channel_stats(images, spec.max_value)
     else:
@@ -120,6 +127,6 @@ def tensor_bundle(
         in_channels=spec.in_channels,
         input_size=spec.input_size,
         train=source(*take(images, labels, fit_idx), True),
-        val=source(*take(images, labels, val_idx), False),
+        val=source(*(take(images, labels, val_idx) if val is None else val), False),
         test=source(test[0], test[1], False),
     )

@@ -66,7 +66,9 @@ class Normalizer:
         self.shift = (-mean_t / std_t).to(device)
 
     def __call__(self, x: Tensor) -> Tensor:
-        return x.to(torch.float32).mul_(self.scale).add_(self.shift)
+        # float32 input (a dataset factory's): copy, never normalise the stored split in place
+        x = x.to(torch.float32, copy=x.dtype == torch.float32)
+        return x.mul_(self.scale).add_(self.shift)
 
 
 def random_crop_flip(

@@ -30,6 +30,8 @@ class Source:
     config: dict[str, Any] | None
     """The train config the network came from (None: unknown)."""
     run_id: str | None = None
+    trust: tuple[str, ...] = ()
+    """Modules of the user's own code the caller allows (network, dataset factory)."""
 
     @property
     def input_shape(self) -> tuple[int, ...] | None:
@@ -37,27 +39,29 @@ class Source:
         return tuple(shape) if shape else None
 
 
-def resolve(source: str, tracking_uri: str | None) -> Source:
-    """Load ``source`` (see the module docstring); UserError naming it when it is none."""
+def resolve(source: str, tracking_uri: str | None, trust: tuple[str, ...] = ()) -> Source:
+    """Load ``source`` (see the module docstring); UserError naming it when it is none.
+    ``trust``: modules whose code may rebuild the user's own network (and call its
+    dataset factory), as :func:`autoprune.load_model` takes them."""
     path = Path(source)
     if path.is_dir() and (path / "model.pt").is_file():
         path = path / "model.pt"
     if path.is_file():
-        return _from_file(path)
+        return _from_file(path, trust)
     if source.startswith("models:/"):
         client = _client(tracking_uri)
-        return _from_run(client, _registry_run(client, source), source)
+        return _from_run(client, _registry_run(client, source), source, trust)
     run_id = source[len("runs:/"):].split("/", 1)[0] if source.startswith("runs:/") else source
     if _RUN_ID.fullmatch(run_id):
         client = _client(tracking_uri)
-        return _from_run(client, run_id, source)
+        return _from_run(client, run_id, source, trust)
     raise UserError(f"{source!r} is not a model file, a run id or a models:/ URI")
 
 
-def _from_file(path: Path) -> Source:
+def _from_file(path: Path, trust: tuple[str, ...]) -> Source:
     from autoprune.surgery.serialize import load_model
 
-    return Source(load_model(path), str(path), _config_beside(path))
+    return Source(load_model(path, trust=trust), str(path), _config_beside(path), None, trust)
 
 
 def _config_beside(path: Path) -> dict[str, Any] | None:
@@ -109,7 +113,7 @@ def _registry_run(client: Any, uri: str) -> str:
     return str(run_id)
 
 
-def _from_run(client: Any, run_id: str, label: str) -> Source:
+def _from_run(client: Any, run_id: str, label: str, trust: tuple[str, ...]) -> Source:
     import yaml
 
     from autoprune.surgery.serialize import load_model
@@ -120,13 +124,13 @@ def _from_run(client: Any, run_id: str, label: str) -> Source:
         except Exception as exc:  # noqa: BLE001 - any store error means: not there
             raise UserError(f"run {run_id} has no model.pt artifact "
                             f"({' '.join(str(exc).split())[:200]})") from None
-        model = load_model(model_file)
+        model = load_model(model_file, trust=trust)
         try:
             config = yaml.safe_load(Path(client.download_artifacts(
                 run_id, "train_config.yaml", folder)).read_text())
         except Exception:  # noqa: BLE001 - the network alone is enough
             config = None
-    return Source(model, label, config if isinstance(config, dict) else None, run_id)
+    return Source(model, label, config if isinstance(config, dict) else None, run_id, trust)
 
 
 def sample_inputs(source: Source, count: int, input_shape: tuple[int, ...] | None = None
@@ -135,7 +139,7 @@ def sample_inputs(source: Source, count: int, input_shape: tuple[int, ...] | Non
     a description; random normal inputs of the recorded shape when the data is not here."""
     if source.config is not None:
         try:
-            return _test_batch(source.config, count)
+            return _test_batch(source.config, count, source.trust)
         except UserError:
             pass
     shape = input_shape or source.input_shape
@@ -146,15 +150,22 @@ def sample_inputs(source: Source, count: int, input_shape: tuple[int, ...] | Non
     return torch.randn((count, *shape), generator=generator), f"random {list(shape)}"
 
 
-def _test_batch(config: dict[str, Any], count: int) -> tuple[torch.Tensor, str]:
-    from autoprune.config import parse_train_config
-    from autoprune.data import load_dataset
+def _test_batch(config: dict[str, Any], count: int, trust: tuple[str, ...]
+                ) -> tuple[torch.Tensor, str]:
+    """A test batch of the config's data. A dataset factory is called only when the caller
+    trusts its module: a config found beside a model file imports nothing by itself."""
+    import dataclasses
 
-    parsed = parse_train_config(config)
-    ds = parsed.dataset
-    data = load_dataset(ds.name, data_dir=ds.data_dir, seed=parsed.training.seed,
-                        batch_size=count, eval_batch_size=count, download=False,
-                        val_fraction=ds.val_fraction)
+    from autoprune.config import parse_train_config
+    from autoprune.data import load_config_data
+    from autoprune.references import is_trusted
+
+    parsed = parse_train_config(config, imports=False)
+    ds = dataclasses.replace(parsed.dataset, download=False, train_subset=None)
+    if ds.factory is not None and not is_trusted(ds.factory, trust):
+        raise UserError(f"dataset factory {ds.factory!r} is not trusted")
+    data = load_config_data(ds, seed=parsed.training.seed, batch_size=count,
+                            eval_batch_size=count)
     x, _ = next(iter(data.test))
     return x[:count].cpu(), f"{len(x[:count])} test images of {ds.name}"
 

@@ -20,7 +20,7 @@ from torch import nn
 from tqdm import tqdm
 
 from autoprune.config import TrainConfig, parse_train_config
-from autoprune.data import load_dataset
+from autoprune.data import load_config_data
 from autoprune.deploy.latency import measure_latency
 from autoprune.engine.checkpoint import CHECKPOINT, load_checkpoint, restore, save_checkpoint
 from autoprune.engine.context import TrainContext
@@ -35,6 +35,7 @@ from autoprune.engine.hardware import (
 from autoprune.engine.optim import build_optimizer, lr_at, set_lr
 from autoprune.errors import ConfigError, UserError
 from autoprune.methods import create_method
+from autoprune.methods.support import check_method_fits
 from autoprune.models import create_model
 from autoprune.surgery import save_model
 
@@ -46,9 +47,15 @@ class TrainingDiverged(RuntimeError):
 
 
 def build_model(
-    config: TrainConfig, num_classes: int, in_channels: int, input_size: int
+    config: TrainConfig, num_classes: int, in_channels: int, input_size: int | tuple[int, int]
 ) -> nn.Module:
-    """The registry model, tagged with its build arguments so it can be saved as data."""
+    """The registry model (or the user's network, for an import reference), tagged with
+    its build arguments so it can be saved as data."""
+    if config.is_reference:
+        from autoprune.models.user import build_user_model
+
+        kwargs = {**dict(config.model_params), **dict(config.model_kwargs)}
+        return build_user_model(config.model, kwargs, num_classes, in_channels, input_size)
     build = {
         "name": config.model, "num_classes": num_classes,
         "in_channels": in_channels, "input_size": input_size, **dict(config.model_params),
@@ -64,6 +71,7 @@ def train(
     on_epoch: EpochCallback | None = None,
     progress: bool = True,
     resume: bool = True,
+    measure_test: bool = True,
 ) -> dict[str, Any]:
     """Run one training (with pruning) to completion and return its summary.
 
@@ -71,6 +79,10 @@ def train(
     ``out_dir``. With ``resume`` and a checkpoint there, training continues from it in
     the checkpoint's (pruned) shape. ``on_epoch(record, out_dir)`` is called after each
     epoch's checkpoint is written.
+
+    The final network is evaluated on the validation split (``val_accuracy``: what a search
+    chooses on) and, with ``measure_test``, once on the test split (``accuracy`` =
+    ``test_accuracy``: what is reported). A search's proxy runs skip the test split.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -80,11 +92,7 @@ def train(
     torch.manual_seed(tc.seed)
     device = resolve_device(tc.device)
     ds = config.dataset
-    data = load_dataset(
-        ds.name, data_dir=ds.data_dir, train_subset=ds.train_subset, seed=tc.seed,
-        batch_size=tc.batch_size, device=device, download=ds.download,
-        val_fraction=ds.val_fraction,
-    )
+    data = load_config_data(ds, seed=tc.seed, batch_size=tc.batch_size, device=device)
     model = build_model(config, data.num_classes, data.in_channels, data.input_size).to(device)
     x0, y0 = next(iter(data.train))
     ctx = TrainContext(model, (x0[:16], y0[:16]), data.train, tc.epochs, device)
@@ -98,6 +106,8 @@ def train(
     ctx.round_to = int(getattr(method.params, "round_to", 1))
     if method.requires:
         ctx.index()  # a network whose channels cannot be followed is refused before training
+        if config.is_reference:  # the user's network: measured now, not by the registry
+            check_method_fits(ctx.model, ctx.example_input, config.method, method.requires)
     method.setup(ctx)
     groups = getattr(method, "param_groups", lambda m: None)(ctx.model)
     ctx.optimizer = build_optimizer(groups or [{"params": list(ctx.model.parameters())}], tc)
@@ -148,7 +158,8 @@ def train(
 
     final_event = method.on_train_end(ctx)
     _refresh_after_change(ctx, tc.bn_recalibration_batches)
-    test_accuracy, test_loss = evaluate(ctx.model, data.test)
+    val_accuracy = evaluate(ctx.model, data.val)[0] if data.val.num_samples else None
+    test_accuracy, test_loss = evaluate(ctx.model, data.test) if measure_test else (None, None)
     save_model(ctx.model, out / "model.pt", tuple(ctx.example_input.shape[1:]))
     latency = measure_latency(ctx.model, ctx.example_input, tc.latency_runtime,
                               tc.latency_batch_size)
@@ -156,8 +167,8 @@ def train(
     dense_flops = dense["step_flops"] * data.train.num_samples * tc.epochs
     summary = {
         "status": "completed",
-        "accuracy": test_accuracy, "test_loss": test_loss,
-        "val_accuracy": history[-1]["accuracy"] if history else None,
+        "accuracy": test_accuracy, "test_accuracy": test_accuracy, "test_loss": test_loss,
+        "val_accuracy": val_accuracy,
         "macs": ctx.macs, "params": ctx.params,
         "dense_macs": dense["macs"], "dense_params": dense["params"],
         "macs_ratio": ctx.macs / dense["macs"], "params_ratio": ctx.params / dense["params"],
@@ -227,7 +238,8 @@ def _check_same_run(stored: str | None, config: TrainConfig, path: Path) -> None
         return
     now = json.loads(json.dumps(config.to_dict()))
     try:  # a checkpoint written before a new setting existed gets that setting's default
-        before = json.loads(json.dumps(parse_train_config(json.loads(stored)).to_dict()))
+        before = json.loads(json.dumps(parse_train_config(json.loads(stored),
+                                                          imports=False).to_dict()))
     except ConfigError:
         before = json.loads(stored)
     if before == now:

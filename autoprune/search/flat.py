@@ -15,6 +15,9 @@ from typing import Any
 from autoprune.errors import ConfigError
 
 SHARED_SECTIONS = ("training", "dataset")
+RESERVED = "_"
+"""Keys of a trial config that start with this are the search's bookkeeping (e.g.
+``_proxy_run_id`` of a replayed schedule), not part of the schedule."""
 
 
 def train_config_dict(fixed: Mapping[str, Any], flat: Mapping[str, Any]) -> dict[str, Any]:
@@ -26,7 +29,7 @@ def train_config_dict(fixed: Mapping[str, Any], flat: Mapping[str, Any]) -> dict
     params: dict[str, Any] = {}
     for key, value in flat.items():
         head, _, tail = key.partition(".")
-        if key == "method":
+        if key == "method" or key.startswith(RESERVED):
             continue
         if head == method and tail:
             params[tail] = value
@@ -38,6 +41,13 @@ def train_config_dict(fixed: Mapping[str, Any], flat: Mapping[str, Any]) -> dict
     config["method"] = method
     config["method_params"] = params
     return config
+
+
+def schedule_key(config: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+    """A hashable identity of a trial's schedule (floats by repr: exact duplicates only;
+    the search's bookkeeping keys are left out)."""
+    return tuple(sorted((str(k), repr(v)) for k, v in config.items()
+                        if not str(k).startswith(RESERVED)))
 
 
 def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -52,4 +62,4 @@ def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-__all__ = ["SHARED_SECTIONS", "flatten", "train_config_dict"]
+__all__ = ["RESERVED", "SHARED_SECTIONS", "flatten", "schedule_key", "train_config_dict"]

@@ -1,7 +1,9 @@
 """Pareto fronts as pure functions, and the three views of a front: CSV, PNG, HTML.
 
 Objectives come with a direction each (``"max"`` or ``"min"``); a row is a mapping that
-holds (at least) every objective. Only completed trials should be passed in.
+holds (at least) every objective. Only completed trials should be passed in. In a search's
+rows ``accuracy`` is the validation accuracy (what the front is chosen on);
+``test_accuracy`` sits beside it in every view and never decides anything.
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ from typing import Any
 
 Row = Mapping[str, Any]
 
-CSV_COLUMNS = ("trial_id", "method", "accuracy", "macs", "params", "train_flops", "latency_ms",
-               "macs_ratio", "epochs", "run_id")
+CSV_COLUMNS = ("trial_id", "method", "accuracy", "val_accuracy", "test_accuracy", "macs",
+               "params", "train_flops", "latency_ms", "macs_ratio", "epochs", "fidelity",
+               "run_id")
 
 
 def dominates(a: Sequence[float], b: Sequence[float], modes: Sequence[str]) -> bool:
@@ -155,7 +158,7 @@ def write_png(
     if x in ("macs", "params", "train_flops") and all(v > 0 for v in fx):
         ax.set_xscale("log")
     ax.set_xlabel(x)
-    ax.set_ylabel(y)
+    ax.set_ylabel("validation accuracy" if y == "accuracy" else y)
     ax.set_title(title or f"{y} vs {x}")
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=8)
@@ -172,7 +175,8 @@ def write_html(
     import plotly.graph_objects as go
 
     def hover(r: Row) -> str:
-        keys = ("method", "trial_id", "accuracy", "macs", "params", "train_flops", "run_id")
+        keys = ("method", "trial_id", "val_accuracy", "test_accuracy", "macs", "params",
+                "train_flops", "run_id")
         return "<br>".join(f"{k}: {_fmt(r.get(k))}" for k in keys if r.get(k) is not None)
 
     fig = go.Figure()
@@ -184,7 +188,8 @@ def write_html(
         x=[r.get(x) for r in front_rows], y=[r.get(y) for r in front_rows],
         mode="lines+markers", line={"shape": "hv", "color": "crimson"}, name="Pareto front",
         text=[hover(r) for r in front_rows], hoverinfo="text"))
-    fig.update_layout(title=title or f"{y} vs {x}", xaxis_title=x, yaxis_title=y,
+    y_title = "validation accuracy" if y == "accuracy" else y
+    fig.update_layout(title=title or f"{y} vs {x}", xaxis_title=x, yaxis_title=y_title,
                       template="plotly_white")
     if x in ("macs", "params", "train_flops"):
         fig.update_xaxes(type="log")

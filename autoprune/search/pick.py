@@ -1,4 +1,9 @@
-"""Choose a trial for a budget, and show fronts: pure functions over completed-trial rows."""
+"""Choose a trial for a budget, and show fronts: pure functions over completed-trial rows.
+
+Rows come from :func:`autoprune.search.store.completed_rows`: ``accuracy`` is the
+validation accuracy, which is what :func:`choose` chooses on; ``test_accuracy`` is shown,
+never used to choose.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from autoprune.errors import UserError
 from autoprune.search.progress import human
+from autoprune.search.target import Target
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -31,11 +37,20 @@ def parse_count(text: str | float, flag: str) -> float:
 
 @dataclass(frozen=True)
 class Budget:
-    """One constraint: ``metric <= limit`` (or ``accuracy >= limit`` for min-accuracy)."""
+    """One constraint: ``metric <= limit`` (or ``accuracy >= limit`` for min-accuracy),
+    or the search's whole target (``target``: every bound of it, ``metric`` its first)."""
 
     flag: str
     metric: str
     limit: float
+    target: Target | None = None
+
+    @classmethod
+    def from_target(cls, target: Target) -> Budget:
+        return cls("--target", target.bounds[0].metric, target.bounds[0].limit, target)
+
+    def describe(self) -> str:
+        return f"{self.flag} {self.target}" if self.target else f"{self.flag} {self.limit:g}"
 
     @classmethod
     def from_args(cls, max_macs: str | None = None, max_macs_ratio: float | None = None,
@@ -49,9 +64,11 @@ class Budget:
         if min_accuracy is not None:
             return cls("--min-accuracy", "accuracy", float(min_accuracy))
         raise UserError("give one budget: --max-macs, --max-macs-ratio, --max-params "
-                        "or --min-accuracy")
+                        "or --min-accuracy (or search with --target)")
 
     def fits(self, row: Mapping[str, Any]) -> bool:
+        if self.target is not None:
+            return self.target.fits(row)
         value = _num(row.get(self.metric))
         if self.metric == "accuracy":
             return value >= self.limit
@@ -59,10 +76,11 @@ class Budget:
 
 
 def choose(rows: Sequence[Mapping[str, Any]], budget: Budget) -> Mapping[str, Any]:
-    """The most accurate completed trial within ``budget`` (ties: fewer MACs).
+    """The most accurate completed trial within ``budget`` (ties: fewer MACs), by
+    validation accuracy (``accuracy`` of the rows).
 
-    For ``--min-accuracy``: the cheapest in MACs with accuracy >= the limit (ties: more
-    accurate). UserError naming the budget and the best available when none fits.
+    For ``--min-accuracy``: the cheapest in MACs with validation accuracy >= the limit
+    (ties: more accurate). UserError naming the budget and the best available when none fits.
     """
     usable = [r for r in rows if math.isfinite(_num(r.get("accuracy")))]
     if not usable:
@@ -80,7 +98,7 @@ def choose(rows: Sequence[Mapping[str, Any]], budget: Budget) -> Mapping[str, An
     if fitting:
         return max(fitting, key=lambda r: (_num(r.get("accuracy")), -_num(r.get("macs"))))
     best = min(usable, key=lambda r: _num(r.get(budget.metric)))
-    raise UserError(f"no completed trial meets {budget.flag} {budget.limit:g}; the smallest "
+    raise UserError(f"no completed trial meets {budget.describe()}; the smallest "
                     f"has {budget.metric} {_num(best.get(budget.metric)):.6g} at accuracy "
                     f"{_num(best.get('accuracy')):.4f} (run {best.get('run_id')})")
 
@@ -103,6 +121,7 @@ def replay_config(client: MlflowClient, run_id: str) -> dict[str, Any]:
 def front_table(rows: Sequence[Mapping[str, Any]], objectives: Sequence[str]) -> str:
     """A plain-text table of front rows (one line per trial)."""
     columns = ["trial_id", "method", *dict.fromkeys([*objectives, "accuracy", "macs", "params"])]
+    columns.insert(columns.index("accuracy") + 1, "test_accuracy")
     columns.append("run_id")
     cells = [[_cell(r.get(c), c) for c in columns] for r in rows]
     widths = [max([len(c), *(len(row[i]) for row in cells)]) for i, c in enumerate(columns)]
@@ -119,7 +138,7 @@ def ui_command(uri: str, host: str, port: int) -> list[str]:
 
 def _cell(value: Any, column: str) -> str:
     if isinstance(value, float):
-        return human(value, column)
+        return human(value, "accuracy" if column == "test_accuracy" else column)
     return "" if value is None else str(value)
 
 

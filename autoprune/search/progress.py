@@ -56,8 +56,12 @@ def front_line(rows: Sequence[Mapping[str, Any]], objectives: Sequence[str],
 class ProgressPrinter(Callback):
     """Prints ``[done/total] trial ... completed: accuracy ..., macs ...`` and the front."""
 
-    def __init__(self, objectives: tuple[str, ...], modes: tuple[str, ...], total: int) -> None:
+    label = "front"  # default for a printer pickled before labels existed
+
+    def __init__(self, objectives: tuple[str, ...], modes: tuple[str, ...], total: int,
+                 label: str = "front") -> None:
         self.objectives, self.modes, self.total = objectives, modes, total
+        self.label = label
         self._start = time.monotonic()
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -95,7 +99,8 @@ class ProgressPrinter(Callback):
         print(f"[{counts}] {trial.trial_id} {method} {status}: {what}", flush=True)
         rows = completed_results(trials, trial)
         if rows:
-            print("  " + front_line(rows, self.objectives, self.modes), flush=True)
+            line = front_line(rows, self.objectives, self.modes)
+            print(f"  {self.label}{line.removeprefix('front')}", flush=True)
 
     def _counts(self, trials: Sequence[Trial], ending: Trial | None = None,
                 ending_failed: bool = False) -> str:

@@ -27,7 +27,7 @@ from autoprune.config import (
     load_yaml,
 )
 from autoprune.errors import ConfigError
-from autoprune.search.fidelity import SchedulerSettings
+from autoprune.search.fidelity import SchedulerSettings, TwoStage, parse_two_stage
 from autoprune.search.space_checks import (
     OBJECTIVES,
     SAMPLERS,
@@ -35,6 +35,7 @@ from autoprune.search.space_checks import (
     named,
     validate_settings,
 )
+from autoprune.search.target import Target, parse_target
 
 Kind = Literal["float", "int", "categorical", "fixed"]
 
@@ -88,6 +89,10 @@ class SearchSpace:
     max_failures: int = 1
     scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
     """Multi-fidelity TrialScheduler (``none``: every trial trains its full budget)."""
+    fidelity: TwoStage = field(default_factory=TwoStage)
+    """Two-stage search: stage 1 at a proxy budget, stage 2 replays its front."""
+    target: Target | None = None
+    """The budget the search aims at (``--target``), or None."""
     name: str | None = None
     source: str = ""
     """The YAML text the space was read from (logged on the search's parent run)."""
@@ -105,6 +110,13 @@ class SearchSpace:
     @property
     def rungs(self) -> tuple[int, ...]:
         return self.scheduler.rungs(self.epochs)
+
+    @property
+    def train_subset(self) -> int | None:
+        """The fixed ``dataset.train_subset`` (None: the whole training split)."""
+        dataset = self.fixed.get("dataset") or {}
+        subset = dataset.get("train_subset") if isinstance(dataset, Mapping) else None
+        return int(subset) if subset is not None else None
 
 
 @dataclass(frozen=True)
@@ -133,6 +145,8 @@ class _SpaceFile:
     max_concurrent: int | None = None
     max_failures: int = 1
     scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
+    fidelity: Mapping[str, Any] = field(default_factory=dict)
+    target: str | None = None
 
 
 @dataclass(frozen=True)
@@ -181,11 +195,21 @@ def parse_space(data: Any, source: str = "") -> SearchSpace:
         sampler=raw.sampler, sampler_options=dict(raw.sampler_options), seed=raw.seed,
         num_samples=raw.num_samples, resources=raw.resources,
         max_concurrent=raw.max_concurrent, max_failures=raw.max_failures,
-        scheduler=raw.scheduler, name=raw.name, source=source,
+        scheduler=raw.scheduler, fidelity=parse_two_stage(raw.fidelity),
+        target=_target(raw.target), name=raw.name, source=source,
     )
     validate_settings(space)
     check_corners(space)
     return space
+
+
+def _target(text: str | None) -> Target | None:
+    from autoprune.errors import UserError
+
+    try:
+        return parse_target(text, "target")
+    except UserError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def parse_spec(name: str, value: Any, tp: Any, key: str | None = None) -> ParamSpec:

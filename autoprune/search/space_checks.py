@@ -47,7 +47,19 @@ def validate_settings(space: SearchSpace) -> None:
     if space.max_failures < 0:
         raise ConfigError(f"max_failures must be >= 0, got {space.max_failures}")
     space.scheduler.validate(space.epochs)
+    space.fidelity.validate(space.epochs, space.train_subset)
     searched = {s.name for s in space.shared}
+    if space.fidelity.enabled and space.scheduler.enabled:
+        raise ConfigError("fidelity (a two-stage search) and scheduler moasha cannot be "
+                          "combined: choose one (--full-fidelity drops the fidelity block)")
+    if space.fidelity.enabled and searched & {"training.epochs", "training.schedule_epochs",
+                                              "dataset.train_subset"}:
+        raise ConfigError("fidelity: a proxy budget needs a fixed training.epochs and "
+                          "dataset.train_subset (one is searched here)")
+    dataset = space.fixed.get("dataset") or {}
+    if isinstance(dataset, dict) and dataset.get("val_fraction") == 0:
+        raise ConfigError("fixed.dataset.val_fraction: a search chooses on validation "
+                          "accuracy, so it needs a validation split (> 0)")
     if space.scheduler.enabled and searched & {"training.epochs", "training.schedule_epochs"}:
         raise ConfigError("scheduler: multi-fidelity rungs need a fixed training.epochs "
                           "(it is searched here)")

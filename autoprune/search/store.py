@@ -22,11 +22,13 @@ if TYPE_CHECKING:
 ROLE, STATUS, TRIAL_ID, NODE_ID, METHOD = (
     "autoprune.role", "autoprune.status", "autoprune.trial_id", "autoprune.node_id",
     "autoprune.method")
+FIDELITY, PROXY_RUN_ID, TARGET = ("autoprune.fidelity", "autoprune.proxy_run_id",
+                                  "autoprune.target")
 PARENT = "mlflow.parentRunId"
 DEFAULT_DB = Path("runs") / "mlflow.db"
 ROW_METRICS = ("accuracy", "macs", "params", "train_flops", "latency_ms", "macs_ratio",
                "params_ratio", "dense_macs", "dense_params", "train_flops_ratio", "val_accuracy",
-               "epochs", "trial_train_flops")
+               "test_accuracy", "epochs", "trial_train_flops")
 
 
 TRACKING_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks",
@@ -132,32 +134,52 @@ class RunLookup:
 
 
 def run_row(run: Run) -> dict[str, Any]:
-    """One child run as a flat row: ids, method, status and the final metric values."""
+    """One child run as a flat row: ids, method, status, fidelity and the final metric
+    values. ``accuracy`` is the validation accuracy the search chose on and
+    ``test_accuracy`` the test accuracy reported beside it. A trial logged before searches
+    chose on validation (no ``test_accuracy`` metric) logged its test accuracy as
+    ``accuracy`` and its last epoch's validation accuracy as ``val_accuracy``: it is read
+    that way, and marked ``legacy``."""
     tags, metrics = run.data.tags, run.data.metrics
     row: dict[str, Any] = {
         "trial_id": tags.get(TRIAL_ID, ""), "method": run.data.params.get("method", ""),
         "status": tags.get(STATUS, ""), "run_id": run.info.run_id,
+        "fidelity": tags.get(FIDELITY, "full"),
     }
     row.update({key: metrics[key] for key in ROW_METRICS if key in metrics})
+    if "test_accuracy" not in metrics and "accuracy" in metrics and tags.get(
+            FIDELITY, "full") == "full":
+        row["legacy"] = "val_accuracy" if "val_accuracy" in metrics else "test_accuracy"
+        row["test_accuracy"] = metrics["accuracy"]
+        row["accuracy"] = metrics.get("val_accuracy", metrics["accuracy"])
+    elif "val_accuracy" not in row and "accuracy" in metrics:
+        row["val_accuracy"] = metrics["accuracy"]
     return row
 
 
-def completed_rows(lookup: RunLookup, runs: list[Run] | None = None) -> list[dict[str, Any]]:
-    """Rows of the completed trials: full fidelity only (trials stopped at a lower
-    multi-fidelity rung are ``pruned``), the only ones that may enter a front."""
+def completed_rows(lookup: RunLookup, runs: list[Run] | None = None,
+                   fidelity: str = "full") -> list[dict[str, Any]]:
+    """Rows of the completed trials at ``fidelity``: by default full fidelity only (not
+    the proxy trials of a two-stage search, nor trials stopped at a lower rung, which are
+    ``pruned``), the only ones that may enter a front."""
     runs = lookup.children() if runs is None else runs
-    rows = [run_row(r) for r in runs if r.data.tags.get(STATUS) == "completed"]
+    rows = [run_row(r) for r in runs if r.data.tags.get(STATUS) == "completed"
+            and r.data.tags.get(FIDELITY, "full") == fidelity]
     return sorted(rows, key=lambda r: str(r["trial_id"]))
 
 
 def search_compute(runs: list[Run]) -> dict[str, float]:
     """The parent run's summary metrics: ``search_train_flops`` (every rung of every
-    trial, as far as each trained) and trial counts by status."""
-    statuses = [r.data.tags.get(STATUS, "") for r in runs]
+    trial and, in a two-stage search, every proxy trial, as far as each trained) and trial
+    counts by status (``trials_proxy``: stage-1 trials; the others count full-fidelity
+    trials)."""
+    statuses = [r.data.tags.get(STATUS, "") if r.data.tags.get(FIDELITY, "full") == "full"
+                else r.data.tags.get(FIDELITY, "") for r in runs]
     flops = sum(float(r.data.metrics.get("trial_train_flops", r.data.metrics.get(
         "train_flops", 0.0))) for r in runs)
+    kinds = ("completed", "pruned", "failed", *(("proxy",) if "proxy" in statuses else ()))
     return {"search_train_flops": flops,
-            **{f"trials_{s}": float(statuses.count(s)) for s in ("completed", "pruned", "failed")}}
+            **{f"trials_{s}": float(statuses.count(s)) for s in kinds}}
 
 
 @dataclass
@@ -169,6 +191,25 @@ class SearchRecord:
     objectives: tuple[str, ...]
     modes: tuple[str, ...]
     rows: list[dict[str, Any]]
+
+    @property
+    def target(self) -> str | None:
+        """The budget the search aimed at (``--target``), if any."""
+        return self.parent.data.tags.get(TARGET) or None
+
+    def legacy_note(self) -> str | None:
+        """What is missing from a search logged before searches chose on validation
+        accuracy (see :func:`run_row`), in one line; None for a current one."""
+        kinds = {r["legacy"] for r in self.rows if r.get("legacy")}
+        if not kinds:
+            return None
+        if "test_accuracy" in kinds:
+            return ("note: this search was logged before autoprune chose on validation "
+                    "accuracy and some of its trials have none: for those, accuracy is "
+                    "their test accuracy")
+        return ("note: this search was logged before autoprune chose on validation accuracy: "
+                "accuracy is each trial's last-epoch validation accuracy (measured before a "
+                "method's final step, if it had one), test_accuracy what it logged")
 
 
 def load_search(uri: str | None, name: str) -> SearchRecord:

@@ -12,6 +12,15 @@ folder of its own, and last the full budget. The end of a lower rung is reported
 ``rung_done=True`` and the rung's final values; the TrialScheduler then stops the trial or
 lets it start the next rung from scratch. ``trial_train_flops`` adds up every rung.
 
+Accuracy is chosen on, and reported as, *validation* accuracy: ``accuracy`` in every result
+is the validation accuracy (per epoch, at the end of a rung, and final), which the sampler,
+the TrialScheduler and the front use. The final result of a full-fidelity trial also
+carries ``test_accuracy``, measured once on the test split, for reporting only.
+
+In a two-stage search (a ``fidelity:`` block) a stage-1 trial trains its schedule at the
+*proxy* budget (fewer epochs, rescaled as ``autoprune train --epochs`` does, and/or fewer
+training images) and never touches the test split; its results say ``fidelity="proxy"``.
+
 A trial whose loss becomes NaN, or whose sampled config is invalid, ends with a final
 report marked ``trial_status="failed"`` (not an exception): retrying it would fail again.
 """
@@ -36,8 +45,9 @@ from autoprune.search.sampling import train_config_dict
 OBJECTIVE_KEYS = ("accuracy", "macs", "params", "train_flops", "latency_ms")
 """Reported every time (NaN where not measured yet): Ray checks that each result has them."""
 EPOCH_KEYS = ("accuracy", "macs", "params", "train_flops")
-FINAL_EXTRA_KEYS = ("val_accuracy", "dense_macs", "dense_params", "macs_ratio", "params_ratio",
-                    "dense_train_flops", "train_flops_ratio", "wall_time_s", "test_loss")
+FINAL_EXTRA_KEYS = ("val_accuracy", "test_accuracy", "dense_macs", "dense_params", "macs_ratio",
+                    "params_ratio", "dense_train_flops", "train_flops_ratio", "wall_time_s",
+                    "test_loss")
 CONFIG_FILE = "train_config.yaml"
 SUMMARY_FILE = "summary.json"
 MODEL_FILE = "model.pt"
@@ -47,18 +57,20 @@ FINAL_FILES = [MODEL_FILE, SUMMARY_FILE, CONFIG_FILE, STATE_FILE]
 
 
 def run_trial(config: dict[str, Any], fixed: Mapping[str, Any],
-              rungs: Sequence[int] = ()) -> None:
+              rungs: Sequence[int] = (), proxy: Mapping[str, Any] | None = None) -> None:
     """Ray Tune function trainable: train one sampled schedule, rung by rung, and report
     as it goes. ``rungs``: the epochs of each rung, the last one full fidelity (empty:
-    one rung, the space's own epochs)."""
+    one rung, the space's own epochs). ``proxy``: ``{"epochs", "train_subset"}`` of a
+    two-stage search's first stage: one training at that budget instead."""
     import ray
     from ray import tune
 
-    base = {"node_id": ray.get_runtime_context().get_node_id()}
+    fidelity = "proxy" if proxy else "full"
+    base = {"node_id": ray.get_runtime_context().get_node_id(), "fidelity": fidelity}
     threads = use_cpu_share()
     raw = train_config_dict(fixed, config)
     try:
-        plan = rung_plan(raw, rungs)
+        plan = proxy_plan(raw, proxy) if proxy else rung_plan(raw, rungs)
     except UserError as exc:
         tune.report(failed_result(base, f"invalid config: {exc}"))
         return
@@ -85,6 +97,24 @@ def rung_plan(raw: Mapping[str, Any], rungs: Sequence[int]) -> list[tuple[int, A
             continue  # too short for this schedule: its first rung comes later
     plan.append((len(levels), full))
     return plan
+
+
+def proxy_plan(raw: Mapping[str, Any], proxy: Mapping[str, Any]) -> list[tuple[int, Any]]:
+    """The one training of a proxy trial: the schedule at the proxy budget. A schedule
+    with more phases than the proxy has epochs runs at the fewest epochs that hold its
+    phases (still below the full budget where it can): a proxy that cannot run tells the
+    sampler nothing."""
+    full = parse_train_config(raw)
+    subset = proxy.get("train_subset")
+    first = int(proxy.get("epochs") or full.training.epochs)
+    error: UserError | None = None
+    for epochs in range(min(first, full.training.epochs), full.training.epochs + 1):
+        try:
+            return [(0, parse_train_config(at_budget(raw, epochs=epochs, train_subset=subset)))]
+        except UserError as exc:
+            error = error or exc
+    assert error is not None
+    raise error
 
 
 def scratch_dir(experiment: str, trial_id: str) -> Path:
@@ -122,6 +152,7 @@ def _train_and_report(plan: list[tuple[int, Any]], out: Path, base: dict[str, An
     from autoprune.engine import TrainingDiverged, train
 
     progress, summary = restore_trial_dir(out, tune.get_checkpoint())
+    measure_test = base["fidelity"] == "full"
     order = [index for index, _ in plan]
     if progress.rung_done and progress.rung == order[-1] and summary is not None:
         info = rung_info(plan, len(plan) - 1)
@@ -144,7 +175,8 @@ def _train_and_report(plan: list[tuple[int, Any]], out: Path, base: dict[str, An
                             checkpoint=checkpoint)
 
         try:
-            summary = train(config, folder, on_epoch=on_epoch, progress=False, resume=True)
+            summary = train(config, folder, on_epoch=on_epoch, progress=False, resume=True,
+                            measure_test=measure_test and i == len(plan) - 1)
         except TrainingDiverged as exc:
             tune.report(failed_result(base, f"TrainingDiverged: {exc}", diverged=True))
             return
@@ -198,7 +230,7 @@ def epoch_result(record: Mapping[str, Any], base: Mapping[str, Any], threads: in
 
 def rung_result(summary: Mapping[str, Any], base: Mapping[str, Any], info: Mapping[str, Any],
                 progress: TrialProgress) -> dict[str, Any]:
-    """The end of a lower rung: the rung's finished network (``accuracy`` = test accuracy);
+    """The end of a lower rung: the rung's finished network (``accuracy`` = validation);
     the TrialScheduler decides from it whether the trial goes on."""
     return {**_summary_values(summary), "epoch": progress.epochs_done, **info,
             "epochs": info["rung_epochs"], "trial_train_flops": progress.spent_flops,
@@ -207,16 +239,22 @@ def rung_result(summary: Mapping[str, Any], base: Mapping[str, Any], info: Mappi
 
 def final_result(summary: Mapping[str, Any], base: Mapping[str, Any], info: Mapping[str, Any],
                  progress: TrialProgress) -> dict[str, Any]:
-    """The trial's last report: final objectives at full fidelity (``accuracy`` = test
-    accuracy); ``train_flops`` of the full run, ``trial_train_flops`` of all its rungs."""
+    """The trial's last report: final objectives (``accuracy`` = validation accuracy,
+    ``test_accuracy`` beside it at full fidelity); ``train_flops`` of the last training,
+    ``trial_train_flops`` of all its rungs."""
     return {**_summary_values(summary), "epoch": progress.epochs_done, **info,
             "epochs": info["rung_epochs"], "trial_train_flops": progress.spent_flops,
             "is_final": True, "rung_done": True, "trial_status": "completed", **base}
 
 
 def _summary_values(summary: Mapping[str, Any]) -> dict[str, float]:
-    return {key: float(summary[key]) for key in (*OBJECTIVE_KEYS, *FINAL_EXTRA_KEYS)
-            if summary.get(key) is not None}
+    """A training's summary as a result: ``accuracy`` is its validation accuracy (what the
+    search chooses on); ``test_accuracy`` is there only where the test split was used."""
+    values = {key: float(summary[key]) for key in (*OBJECTIVE_KEYS, *FINAL_EXTRA_KEYS)
+              if summary.get(key) is not None}
+    values["accuracy"] = float(summary["val_accuracy"]) if summary.get(
+        "val_accuracy") is not None else math.nan
+    return values
 
 
 def failed_result(base: Mapping[str, Any], error: str, diverged: bool = False) -> dict[str, Any]:

@@ -20,7 +20,17 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from autoprune.search.store import METHOD, NODE_ID, PARENT, ROLE, STATUS, TRIAL_ID, RunLookup
+from autoprune.search.store import (
+    FIDELITY,
+    METHOD,
+    NODE_ID,
+    PARENT,
+    PROXY_RUN_ID,
+    ROLE,
+    STATUS,
+    TRIAL_ID,
+    RunLookup,
+)
 from autoprune.search.trainable import EPOCH_KEYS, FINAL_EXTRA_KEYS, MODEL_FILE, OBJECTIVE_KEYS
 
 FINAL_PROGRESS_KEYS = ("epochs", "rung", "trial_train_flops")
@@ -49,8 +59,10 @@ class TrialLog:
 
     @classmethod
     def open(cls, client: MlflowClient, experiment_id: str, parent_id: str, trial_id: str,
-             flat_config: Mapping[str, Any], fixed: Mapping[str, Any]) -> TrialLog:
-        """Find the trial's child run by tag, or create it with the trial's params."""
+             flat_config: Mapping[str, Any], fixed: Mapping[str, Any],
+             fidelity: str = "full") -> TrialLog:
+        """Find the trial's child run by tag, or create it with the trial's params; tags
+        ``autoprune.fidelity`` and, on a replay, ``autoprune.proxy_run_id``."""
         run = RunLookup(client, experiment_id).child(trial_id)
         if run is not None:
             history = client.get_metric_history(run.info.run_id, "accuracy")
@@ -62,7 +74,9 @@ class TrialLog:
             return log
         method = str(flat_config.get("method", ""))
         tags = {ROLE: "trial", PARENT: parent_id, TRIAL_ID: trial_id, STATUS: "running",
-                METHOD: method}
+                METHOD: method, FIDELITY: fidelity}
+        if flat_config.get("_proxy_run_id"):
+            tags[PROXY_RUN_ID] = str(flat_config["_proxy_run_id"])
         run = client.create_run(experiment_id, run_name=f"{method}-{trial_id}", tags=tags)
         from mlflow.entities import Param
 

@@ -5,10 +5,17 @@ after it; with one, the search joins that cluster (``auto``, ``host:port``, ``ra
 ``--resume`` continues an interrupted search with ``Tuner.restore``: completed trials are
 skipped, unfinished ones continue from their last checkpoint, errored ones stay failed
 (restarting them would give them new ids that OptunaSearch does not know).
+
+A two-stage search (the space's ``fidelity:`` block) is two Tuners under one MLflow parent
+run: stage 1 (Ray experiment ``NAME``) is the sampler's search with every trial at the
+proxy budget; stage 2 (Ray experiment ``NAME-replay``) retrains the schedules chosen from
+the proxy front at full fidelity, each a Ray trial like any other. ``--resume`` continues
+whichever stage was interrupted.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -23,6 +30,8 @@ from autoprune.errors import UserError
 from autoprune.search.space import SearchSpace
 
 SETTINGS_FILE = "autoprune_search.json"
+REPLAY_SUFFIX = "-replay"
+"""Ray experiment of a two-stage search's second stage: ``<name>-replay``."""
 _RAY_ENV = {
     # Seconds between saves of Ray's experiment state. Ray's default (10 s or more) could
     # lose a short trial's completion to an interruption; the state of a search is small.
@@ -55,7 +64,9 @@ class SearchRequest:
                 "seed": s.seed, "num_samples": s.num_samples, "objectives": list(s.objectives),
                 "max_concurrent": s.max_concurrent, "max_failures": s.max_failures,
                 "resources": [s.resources.cpu, s.resources.gpu],
-                "scheduler": [s.scheduler.name, *s.rungs, s.scheduler.reduction_factor]}
+                "scheduler": [s.scheduler.name, *s.rungs, s.scheduler.reduction_factor],
+                "fidelity": s.fidelity.settings() if s.fidelity.enabled else None,
+                "target": str(s.target) if s.target is not None else None}
 
 
 @dataclass(frozen=True)
@@ -66,6 +77,8 @@ class SearchOutcome:
     trials: int
     errored: int
     interrupted: bool = False
+    replayed: int = 0
+    """Stage-2 trials of a two-stage search (0 for a one-stage search)."""
 
 
 def run_search(request: SearchRequest) -> SearchOutcome:
@@ -75,65 +88,160 @@ def run_search(request: SearchRequest) -> SearchOutcome:
     from ray import tune
 
     check_start(request)
+    space = request.space
+    two_stage = space.fidelity.enabled
+    replay_path = request.experiment_path + REPLAY_SUFFIX
     with ray_session(request.address):
-        max_concurrent = concurrency(request.space, local=request.address is None)
-        trainable = make_trainable(request.space)
-        if request.resume:
-            tuner = tune.Tuner.restore(request.experiment_path, trainable,
+        max_concurrent = concurrency(space, local=request.address is None)
+        if not (two_stage and request.resume and tune.Tuner.can_restore(replay_path)):
+            if two_stage:
+                print(f"stage 1: {space.num_samples} trials at the proxy budget "
+                      f"({space.fidelity.describe()})", flush=True)
+            stage = "proxy" if two_stage else "full"
+            trainable = make_trainable(space, proxy=space.fidelity.proxy if two_stage else None)
+            if request.resume:
+                tuner = tune.Tuner.restore(request.experiment_path, trainable,
+                                           resume_unfinished=True, resume_errored=False,
+                                           restart_errored=False)
+            else:
+                tuner = build_tuner(request, trainable, max_concurrent, stage)
+                write_settings(request)
+            grid = tuner.fit()
+            first = _outcome(request, grid, space.num_samples)
+            if not two_stage or first.interrupted:
+                return first
+            replays = replay_configs(request, [grid[i] for i in range(len(grid))])
+            if not replays:
+                print("stage 2: no completed proxy trial to replay", flush=True)
+                return first
+            print(f"stage 2: {len(replays)} schedules of the proxy front at full fidelity "
+                  f"({space.epochs} epochs)", flush=True)
+            tuner = build_replay_tuner(request, make_trainable(space), replays, max_concurrent)
+        else:
+            tuner = tune.Tuner.restore(replay_path, make_trainable(space),
                                        resume_unfinished=True, resume_errored=False,
                                        restart_errored=False)
-        else:
-            tuner = build_tuner(request, trainable, max_concurrent)
-            write_settings(request)
         grid = tuner.fit()
+    second = _outcome(request, grid, _planned(grid))
+    return dataclasses.replace(second, trials=second.trials + space.num_samples,
+                               replayed=second.trials)
+
+
+def _outcome(request: SearchRequest, grid: Any, planned: int) -> SearchOutcome:
     results = [grid[i] for i in range(len(grid))]
     ended = [r for r in results if r.error is not None or (r.metrics or {}).get("is_final")
              or (r.metrics or {}).get("rung_done")]
     return SearchOutcome(request.name, request.tracking_uri, request.experiment_path,
-                         len(grid), len(grid.errors),
-                         interrupted=len(ended) < request.space.num_samples)
+                         len(grid), len(grid.errors), interrupted=len(ended) < planned)
 
 
-def build_tuner(request: SearchRequest, trainable: Any, max_concurrent: int) -> Any:
+def _planned(grid: Any) -> int:
+    """Stage 2 plans exactly the trials it holds (its configs are fixed up front)."""
+    return len(grid)
+
+
+def build_tuner(request: SearchRequest, trainable: Any, max_concurrent: int,
+                stage: str = "full") -> Any:
     """A fresh Tuner: Optuna define-by-run search, the space's TrialScheduler (none, or
-    multi-objective successive halving), our callbacks."""
+    multi-objective successive halving), our callbacks. ``stage``: ``full`` (a one-stage
+    search) or ``proxy`` (stage 1 of a two-stage search)."""
     import optuna
     from ray import tune
 
-    from autoprune.search.progress import ProgressPrinter
     from autoprune.search.samplers import build_sampler
     from autoprune.search.sampling import DefineByRun
     from autoprune.search.searcher import FinalResultSearch
-    from autoprune.tracking.callback import TrackingCallback
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     space = request.space
     sampler = build_sampler(space.sampler, space.sampler_options, space.seed,
                             len(space.objectives))
     searcher = FinalResultSearch(DefineByRun(space), metric=list(space.objectives),
-                                 mode=list(space.modes), sampler=sampler)
-    parent_params = {"space_file": request.space_file, "sampler": space.sampler,
-                     "seed": space.seed, "num_samples": space.num_samples,
-                     "objectives": ",".join(space.objectives), "model": space.fixed["model"],
-                     "methods": ",".join(space.methods), "max_failures": space.max_failures,
-                     "scheduler": space.scheduler.name,
-                     "rungs": ",".join(str(r) for r in space.rungs)}
-    callbacks = [
-        TrackingCallback(request.tracking_uri, request.name, space.objectives, space.modes,
-                         space.fixed, parent_params, space.source),
-        ProgressPrinter(space.objectives, space.modes, space.num_samples),
-    ]
-    run_config = tune.RunConfig(
-        name=request.name, storage_path=request.storage_path, callbacks=callbacks,
-        failure_config=tune.FailureConfig(max_failures=space.max_failures),
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=1), verbose=0,
-    )
+                                 mode=list(space.modes), sampler=sampler, target=space.target)
     tune_config = tune.TuneConfig(
         search_alg=searcher, scheduler=build_scheduler(request),
         num_samples=space.num_samples, max_concurrent_trials=max_concurrent,
         reuse_actors=True, trial_dirname_creator=trial_dirname,
     )
+    run_config = _run_config(request, request.name, stage, space.num_samples,
+                             last_stage=stage == "full")
     return tune.Tuner(trainable, tune_config=tune_config, run_config=run_config)
+
+
+def build_replay_tuner(request: SearchRequest, trainable: Any, replays: list[dict[str, Any]],
+                       max_concurrent: int) -> Any:
+    """Stage 2 of a two-stage search: each of ``replays`` (a proxy trial's flat config and
+    ``_proxy_run_id``) is one full-fidelity trial; nothing is sampled."""
+    from ray import tune
+
+    from autoprune.search.searcher import ReplaySearch
+
+    tune_config = tune.TuneConfig(
+        search_alg=ReplaySearch(replays),
+        num_samples=len(replays), max_concurrent_trials=max_concurrent,
+        reuse_actors=True, trial_dirname_creator=trial_dirname,
+    )
+    run_config = _run_config(request, request.name + REPLAY_SUFFIX, "full", len(replays),
+                             last_stage=True)
+    return tune.Tuner(trainable, tune_config=tune_config, run_config=run_config)
+
+
+def _run_config(request: SearchRequest, ray_name: str, stage: str, trials: int,
+                last_stage: bool) -> Any:
+    from ray import tune
+
+    from autoprune.search.progress import ProgressPrinter
+    from autoprune.tracking.callback import TrackingCallback
+
+    space = request.space
+    parent_params = {"space_file": request.space_file, "sampler": space.sampler,
+                     "seed": space.seed, "num_samples": space.num_samples,
+                     "objectives": ",".join(space.objectives), "model": space.fixed["model"],
+                     "methods": ",".join(space.methods), "max_failures": space.max_failures,
+                     "scheduler": space.scheduler.name,
+                     "rungs": ",".join(str(r) for r in space.rungs),
+                     "fidelity": space.fidelity.describe() if space.fidelity.enabled
+                     else "full", "selection": "val_accuracy"}
+    callbacks = [
+        TrackingCallback(request.tracking_uri, request.name, space.objectives, space.modes,
+                         space.fixed, parent_params, space.source, stage=stage,
+                         last_stage=last_stage, target=space.target),
+        ProgressPrinter(space.objectives, space.modes, trials,
+                        label="proxy front" if stage == "proxy" else "front"),
+    ]
+    return tune.RunConfig(
+        name=ray_name, storage_path=request.storage_path, callbacks=callbacks,
+        failure_config=tune.FailureConfig(max_failures=space.max_failures),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=1), verbose=0,
+    )
+
+
+def replay_configs(request: SearchRequest, results: list[Any]) -> list[dict[str, Any]]:
+    """The stage-2 trials: the proxy front (or its top K) of the completed stage-1 trials,
+    within the target where any proxy trial is, each with its MLflow run id."""
+    from autoprune.search.stages import choose_replays
+
+    rows = []
+    for result in results:
+        metrics = result.metrics or {}
+        if metrics.get("is_final") and metrics.get("trial_status") == "completed":
+            rows.append({**metrics, "config": dict(result.config),
+                         "trial_id": str(metrics.get("trial_id", ""))})
+    space = request.space
+    chosen = choose_replays(rows, space.objectives, space.modes, space.fidelity.replay,
+                            space.target)
+    run_ids = _proxy_run_ids(request)
+    return [{**row["config"], "_proxy_run_id": run_ids.get(row["trial_id"], ""),
+             "_proxy_trial_id": row["trial_id"]} for row in chosen]
+
+
+def _proxy_run_ids(request: SearchRequest) -> dict[str, str]:
+    """MLflow run id of every stage-1 trial, by Ray trial id."""
+    from autoprune.search.store import TRIAL_ID, load_search
+
+    record = load_search(request.tracking_uri, request.name)
+    return {str(run.data.tags.get(TRIAL_ID, "")): str(run.info.run_id)
+            for run in record.lookup.children()}
 
 
 def build_scheduler(request: SearchRequest) -> Any:
@@ -148,14 +256,17 @@ def build_scheduler(request: SearchRequest) -> Any:
                               state_dir=request.experiment_path)
 
 
-def make_trainable(space: SearchSpace) -> Any:
-    """The trial function with the fixed config, the rungs and the space's resources."""
+def make_trainable(space: SearchSpace, proxy: Mapping[str, Any] | None = None) -> Any:
+    """The trial function with the fixed config, the rungs (or the proxy budget of a
+    two-stage search's first stage) and the space's resources."""
     from ray import tune
 
     from autoprune.search.trainable import run_trial
 
     resources = {"cpu": space.resources.cpu, "gpu": space.resources.gpu}
-    trainable = tune.with_parameters(run_trial, fixed=dict(space.fixed), rungs=space.rungs)
+    rungs = () if proxy else space.rungs
+    trainable = tune.with_parameters(run_trial, fixed=dict(space.fixed), rungs=rungs,
+                                     proxy=dict(proxy) if proxy else None)
     return tune.with_resources(trainable, resources)
 
 
@@ -171,7 +282,8 @@ def ray_session(address: str | None) -> Iterator[None]:
     if ray.is_initialized():  # the caller (a test, a notebook) owns the session
         yield
         return
-    quiet: dict[str, Any] = {"logging_level": logging.ERROR, "log_to_driver": False}
+    quiet: dict[str, Any] = {"logging_level": logging.ERROR, "log_to_driver": False,
+                             "runtime_env": user_code_env()}  # the user's own modules
     try:
         if address:
             check_reachable(address)
@@ -186,6 +298,15 @@ def ray_session(address: str | None) -> Iterator[None]:
         yield
     finally:
         ray.shutdown()
+
+
+def user_code_env() -> dict[str, Any] | None:
+    """Ray ``runtime_env`` shipping the modules of the user's own network and data (import
+    references resolved in this process, e.g. a module beside the space file) to every
+    worker as ``py_modules``; None when the search uses registered ones only."""
+    from autoprune.references import runtime_env
+
+    return runtime_env()
 
 
 def check_reachable(address: str) -> None:

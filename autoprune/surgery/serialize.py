@@ -2,15 +2,17 @@
 
 A pruned network differs from its registered architecture only in the sizes of its
 layers and in residual branches replaced by identities. A model file therefore holds
-plain data: the registry name and build arguments, the shape attributes of every
-resized layer, the names of removed branches, and the state dict. Loading rebuilds the
-architecture from the registry, applies the recorded shapes and reloads the weights with
-``torch.load(weights_only=True)``, which refuses arbitrary objects.
+plain data: the registry name and build arguments (for the user's own network: its import
+reference and kwargs), the shape attributes of every resized layer, the names of removed
+branches, and the state dict. Loading rebuilds the architecture from the registry (or, for
+the user's network, from code the caller allows), applies the recorded shapes and reloads
+the weights with ``torch.load(weights_only=True)``, which refuses arbitrary objects.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -111,15 +113,27 @@ def atomic_save(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def load_model(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> nn.Module:
+def load_model(
+    path: str | os.PathLike[str],
+    map_location: str | torch.device = "cpu",
+    *,
+    trust: Iterable[str] | str = (),
+    factory: Callable[..., nn.Module] | None = None,
+) -> nn.Module:
     """Reload a model saved by autoprune, in its pruned shape, in eval mode.
 
     ``model.autoprune_input_shape`` is one sample's shape when the file records it (files
-    written before it did: ``None``). The architecture is rebuilt from the model registry;
-    nothing is unpickled but tensors and plain containers.
-    """
-    from autoprune.models import create_model
+    written before it did: ``None``). A registered network is rebuilt from the model
+    registry; nothing is unpickled but tensors and plain containers.
 
+    The user's own network (built by an import reference, recorded in the file with its
+    kwargs) needs its code: the recorded layer shapes resize the layers the code builds,
+    but the forward pass is code. It is rebuilt only by ``factory`` (the builder itself)
+    or from a module the caller allows, ``trust=["mynets"]`` (a package covers its
+    submodules; a ``.py`` reference by its path), or one this process already resolved for
+    the user's own config or call; otherwise a UserError names the reference. A model
+    file never makes autoprune import or call anything else.
+    """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"model file not found: {path}")
@@ -131,10 +145,37 @@ def load_model(path: str | os.PathLike[str], map_location: str | torch.device = 
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise UserError(f"{path} is not an autoprune model file")
     spec, state = payload["spec"], payload["state_dict"]
-    model = create_model(**spec["build"])
+    model = _rebuild(spec["build"], path, [trust] if isinstance(trust, str) else list(trust),
+                     factory)
     model.autoprune_build = dict(spec["build"])  # type: ignore[assignment]
     apply_spec(model, spec, state)
     model.load_state_dict(state, strict=True)
     shape = payload.get("input_shape")
     model.autoprune_input_shape = tuple(shape) if shape else None  # type: ignore[assignment]
     return model.to(map_location).eval()
+
+
+def _rebuild(build: dict[str, Any], path: Path, trust: list[str],
+             factory: Callable[..., nn.Module] | None) -> nn.Module:
+    """The architecture as built before training: the registry's, or the user's code."""
+    if "reference" not in build:
+        from autoprune.models import create_model
+
+        return create_model(**build)
+    from autoprune.models.user import build_user_model
+    from autoprune.references import is_trusted, parse_reference
+
+    ref = str(build["reference"])
+    if factory is None and not is_trusted(ref, trust):
+        root = parse_reference(ref, "model").root
+        raise UserError(f"{path} holds a network built by {ref!r}, code autoprune does not "
+                        f"import unless you allow it: load_model(path, trust=[{root!r}]) "
+                        f"(autoprune export --trust {root}) or load_model(path, "
+                        "factory=<the builder>)")
+    with torch.device("cpu"):
+        return build_user_model(ref, dict(build.get("kwargs") or {}), int(build["num_classes"]),
+                                int(build["in_channels"]), _size(build["input_size"]), factory)
+
+
+def _size(value: Any) -> int | tuple[int, int]:
+    return int(value) if isinstance(value, int) else (int(value[0]), int(value[1]))

@@ -20,6 +20,7 @@ from autoprune.search.progress import was_interrupted
 from autoprune.search.store import (
     ROLE,
     STATUS,
+    TARGET,
     TRIAL_ID,
     RunLookup,
     completed_rows,
@@ -27,6 +28,7 @@ from autoprune.search.store import (
     open_client,
     search_compute,
 )
+from autoprune.search.target import Target
 from autoprune.search.trial_log import TrialLog
 from autoprune.tracking.spool import finish, replay, replay_if_due, resilient
 
@@ -43,15 +45,23 @@ class TrackingCallback(Callback):
     """Logs the search to MLflow as trials start, report, complete or fail.
 
     Pickled with the Tuner (Ray saves it for ``Tuner.restore``): only the settings travel;
-    the client and run ids are rebuilt in :meth:`setup`.
+    the client and run ids are rebuilt in :meth:`setup`. ``stage``: the fidelity of this
+    Tuner's trials (tag ``autoprune.fidelity``: ``proxy`` in stage 1 of a two-stage search,
+    ``full`` otherwise); ``last_stage``: whether the search ends with this Tuner.
     """
+
+    stage = "full"  # defaults for a callback pickled before these settings existed
+    last_stage = True
+    target: Target | None = None
 
     def __init__(self, uri: str, name: str, objectives: tuple[str, ...], modes: tuple[str, ...],
                  fixed: Mapping[str, Any], parent_params: Mapping[str, Any],
-                 space_text: str, refresh_s: float = 30.0) -> None:
+                 space_text: str, refresh_s: float = 30.0, stage: str = "full",
+                 last_stage: bool = True, target: Target | None = None) -> None:
         self.uri, self.name, self.objectives, self.modes = uri, name, objectives, modes
         self.fixed, self.parent_params, self.space_text = dict(fixed), parent_params, space_text
         self.refresh_s = refresh_s
+        self.stage, self.last_stage, self.target = stage, last_stage, target
         self.total = 0
         self._reset()
 
@@ -125,8 +135,9 @@ class TrackingCallback(Callback):
             if status in ("running", None) and run.data.tags.get(TRIAL_ID) not in known:
                 TrialLog.mark_stopped(self.client, run.info.run_id)
         interrupted = was_interrupted(trials, self.total)
+        status = "completed" if self.last_stage else f"{self.stage}_done"
         self.client.set_tag(self.parent_id, SEARCH_STATUS,
-                            "interrupted" if interrupted else "completed")
+                            "interrupted" if interrupted else status)
         self.client.set_terminated(self.parent_id, "KILLED" if interrupted else "FINISHED")
         finish(self.client, self.uri)
 
@@ -141,11 +152,18 @@ class TrackingCallback(Callback):
 
         assert self.client is not None
         runs = RunLookup(self.client, self.experiment_id, self.parent_id).children()
-        rows = completed_rows(RunLookup(self.client, self.experiment_id), runs)
+        lookup = RunLookup(self.client, self.experiment_id)
+        rows = completed_rows(lookup, runs)
         with tempfile.TemporaryDirectory(prefix="autoprune-pareto-") as folder:
             title = f"{self.name}: {len(rows)} completed trials"
             pareto.write_all(rows, self.objectives, self.modes, Path(folder), title)
             self.client.log_artifacts(self.parent_id, folder)
+        if self.stage == "proxy":  # stage 1's front, apart: it never enters pareto.csv
+            proxies = completed_rows(lookup, runs, fidelity="proxy")
+            with tempfile.TemporaryDirectory(prefix="autoprune-pareto-") as folder:
+                title = f"{self.name}, stage 1: {len(proxies)} proxy trials"
+                pareto.write_all(proxies, self.objectives, self.modes, Path(folder), title)
+                self.client.log_artifacts(self.parent_id, folder, "proxy")
         stamp, step = int(time.time() * 1000), len(runs)
         metrics = [Metric(k, v, stamp, step) for k, v in search_compute(runs).items()]
         self.client.log_batch(self.parent_id, metrics=metrics)
@@ -157,7 +175,7 @@ class TrackingCallback(Callback):
             assert self.client is not None
             self._trials[trial.trial_id] = TrialLog.open(
                 self.client, self.experiment_id, self.parent_id, trial.trial_id,
-                dict(trial.config), self.fixed)
+                dict(trial.config), self.fixed, fidelity=self.stage)
             self._trials[trial.trial_id].tracking_uri = self.uri
         return self._trials[trial.trial_id]
 
@@ -168,8 +186,11 @@ class TrackingCallback(Callback):
             self.client.update_run(run.info.run_id, status="RUNNING")
             self.client.set_tag(run.info.run_id, SEARCH_STATUS, "running")
             return str(run.info.run_id)
+        tags = {ROLE: "search", SEARCH_STATUS: "running"}
+        if self.target is not None:
+            tags[TARGET] = str(self.target)
         run = self.client.create_run(self.experiment_id, run_name=f"search-{self.name}",
-                                     tags={ROLE: "search", SEARCH_STATUS: "running"})
+                                     tags=tags)
         run_id = str(run.info.run_id)
         from mlflow.entities import Param
 

@@ -17,7 +17,8 @@ from typing import Any
 
 FINAL_KEYS = ("accuracy", "macs", "params", "train_flops", "latency_ms", "macs_ratio",
               "params_ratio", "dense_macs", "dense_params", "dense_train_flops",
-              "train_flops_ratio", "wall_time_s", "test_loss", "val_accuracy")
+              "train_flops_ratio", "wall_time_s", "test_loss", "val_accuracy",
+              "test_accuracy")
 EPOCH_KEYS = ("accuracy", "macs", "params", "train_flops")
 
 
