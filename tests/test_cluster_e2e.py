@@ -295,7 +295,7 @@ def test_pareto_command_reads_the_server(deployment: dict[str, Any],
                                          server: dict[str, Any]) -> None:
     output = deployment["outputs"]["pareto"]
     assert "Pareto front of 'quickstart-cluster'" in output
-    assert f"of {TRIALS} completed trials" in output
+    assert f"of {TRIALS} completed full-fidelity trials" in output
 
 
 def test_networks_are_logged_and_registered_on_the_server(

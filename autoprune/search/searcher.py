@@ -17,8 +17,8 @@ same: the known result is told for the duplicate and a new schedule is asked for
 
 from __future__ import annotations
 
+import json
 import logging
-import pickle
 from typing import Any
 
 from ray.tune.search import Searcher
@@ -118,12 +118,12 @@ class ReplaySearch(Searcher):
         """Nothing is learnt in stage 2: the replays were chosen before it started."""
 
     def save(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "wb") as out:
-            pickle.dump({"configs": self.configs, "handed": self.handed}, out)
+        with open(checkpoint_path, "w") as out:
+            json.dump({"configs": self.configs, "handed": self.handed}, out)
 
     def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "rb") as src:
-            state = pickle.load(src)  # noqa: S301 - the search's own state file
+        with open(checkpoint_path) as src:
+            state = json.load(src)
         self.configs, self.handed = state["configs"], state["handed"]
 
 
