@@ -80,25 +80,32 @@ def test_bad_flags_fail_before_training(workdir: Path, capsys: pytest.CaptureFix
     assert not (workdir / "ray").exists()
 
 
+def kill_when(cmd: list[str], env: dict[str, str], log_path: Path,
+              ready: Any, timeout: float) -> None:
+    """Start the search ``cmd`` and SIGKILL it (the driver and the Ray it started) once
+    ``ready(its output so far)`` holds. The progress lines are watched, not MLflow: a second
+    process opening the SQLite store while the search creates it would race on the schema
+    migration."""
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)
+    try:
+        deadline = time.monotonic() + timeout
+        while not ready(log_path.read_text()):
+            assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.2)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 @pytest.mark.slow
 def test_killed_search_resumes_without_duplicates(workdir: Path, ray_tmp: str) -> None:
     env = {**os.environ, "RAY_TMPDIR": ray_tmp}
     cmd = [sys.executable, "-m", "autoprune", *args(workdir)]
-    with open(workdir / "first.log", "w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                start_new_session=True)
-    try:
-        deadline = time.monotonic() + 240
-        # Watch the progress lines, not MLflow: a second process opening the SQLite store
-        # while the search creates it would race on the schema migration.
-        while (workdir / "first.log").read_text().count(" completed: ") < 2:
-            assert proc.poll() is None and time.monotonic() < deadline, (
-                workdir / "first.log").read_text()
-            time.sleep(0.2)
-    finally:
-        with contextlib.suppress(ProcessLookupError):  # the driver and the Ray it started
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    kill_when(cmd, env, workdir / "first.log", lambda text: text.count(" completed: ") >= 2,
+              240)
     before = {c.data.tags["autoprune.trial_id"]: c.info.run_id for c in completed(workdir)}
     assert 2 <= len(before) < NUM_SAMPLES, (workdir / "first.log").read_text()
     resumed = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True,
@@ -129,20 +136,8 @@ def test_two_stage_search_killed_in_stage_2_resumes_there(workdir: Path, ray_tmp
     (workdir / "space.yaml").write_text(yaml.safe_dump(space))
     env = {**os.environ, "RAY_TMPDIR": ray_tmp}
     cmd = [sys.executable, "-m", "autoprune", *args(workdir)]
-    with open(workdir / "first.log", "w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                start_new_session=True)
-    try:
-        deadline = time.monotonic() + 300
-        while (workdir / "first.log").read_text().partition("stage 2:")[2].count(
-                " completed: ") < 1:
-            assert proc.poll() is None and time.monotonic() < deadline, (
-                workdir / "first.log").read_text()
-            time.sleep(0.2)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    kill_when(cmd, env, workdir / "first.log",
+              lambda text: " completed: " in text.partition("stage 2:")[2], 300)
     proxies = {c.info.run_id for c in completed(workdir)
                if c.data.tags["autoprune.fidelity"] == "proxy"}
     assert len(proxies) == NUM_SAMPLES
