@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 UV := uv==0.13.9
 
-.PHONY: install system-deps demo test lint bench clean
+.PHONY: install system-deps demo test lint bench docs docs-serve docs-images clean
 
 install: $(STAMP)
 
@@ -41,8 +41,23 @@ lint: install
 	$(BIN)/ruff check autoprune tests benchmarks
 	$(BIN)/mypy autoprune
 
+# The documentation site (MkDocs + Material, pinned in requirements.lock) into site/;
+# --strict: a broken link, a missing page or a page left out of the nav fails the build.
+# The reference pages are generated from the code at build time (docs/hooks/reference.py).
+docs: install
+	$(BIN)/mkdocs build --strict --clean
+
+docs-serve: install
+	$(BIN)/mkdocs serve --strict --dev-addr 127.0.0.1:8000
+
+# The MLflow UI screenshots the docs show, as tests/test_cluster_e2e.py last took them
+# (headless Chromium); commit docs/img/ui/ after checking them.
+UI_SHOTS := experiments runs-table pareto-artifact trial-schedule
+docs-images:
+	for shot in $(UI_SHOTS); do cp runs/test-artifacts/cluster-e2e/$$shot.png docs/img/ui/; done
+
 bench: install
 	$(BIN)/python benchmarks/pruned_training_speed.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build site *.egg-info

@@ -97,7 +97,7 @@ class TrainingConfig:
     """Layout of activations and conv weights: ``auto`` is channels_last on CUDA."""
     compile: bool = False
     """Train through ``torch.compile``, compiled again after every structural change: it
-    pays when many steps pass between changes (README, Training speed)."""
+    pays when many steps pass between changes (docs: Benchmarks, Training speed)."""
     threads: int | None = None
     label_smoothing: float = 0.0
     bn_recalibration_batches: int = 10

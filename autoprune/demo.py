@@ -2,8 +2,9 @@
 
 Runs ``search_spaces/quickstart.yaml`` (digits, a tiny ResNet, every PruningMethod and the
 baselines; a few minutes on 2 CPU cores) into ``runs/`` (MLflow in ``runs/mlflow.db``,
-Ray results in ``runs/ray``), prints the Pareto front and the command that opens the UI.
-Run it again and it resumes the same search (or just shows it, when it is complete).
+Ray results in ``runs/ray``), prints the Pareto front and the next commands (as
+``.venv/bin/autoprune ...``: they run as printed in a fresh shell). Run it again and it
+resumes the same search (or just shows it, when it is complete).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import sys
 from pathlib import Path
 
 from autoprune.cli import main as cli
+from autoprune.commands import program
 
 SPACE = Path(__file__).resolve().parent.parent / "search_spaces" / "quickstart.yaml"
 NAME = "quickstart"
@@ -28,15 +30,24 @@ def main() -> int:
     code = cli(["search", str(SPACE), "--name", NAME, *resume])
     if code != 0:
         return code
-    print("\nnext steps:")
-    print(f"  autoprune pareto --experiment {NAME}        # the front again, as a table")
-    print(f"  autoprune pick --experiment {NAME} --max-macs-ratio 0.25 --out picked.yaml")
-    print("  autoprune train picked.yaml                   # replay the picked schedule")
-    print(f"  autoprune pick --experiment {NAME} --max-macs-ratio 0.25 --register qs"
-          "   # MLflow registry: models:/qs@picked")
-    print("  autoprune export models:/qs@picked --out qs.onnx   # ONNX, checked and timed")
-    print("  autoprune ui                                  # MLflow UI on http://127.0.0.1:5000")
+    print("\nnext steps (from this folder, in any shell):")
+    print("\n".join(f"  {line}" for line in next_steps()))
     return 0
+
+
+def next_steps() -> list[str]:
+    """What to run after the demo, each line as a fresh shell runs it (``.venv/bin/...``)."""
+    ap = program()
+    return [
+        f"{ap} pareto --experiment {NAME}        # the front again, as a table",
+        f"{ap} pick --experiment {NAME} --max-macs-ratio 0.25 --out picked.yaml",
+        f"{ap} train picked.yaml --out runs/picked   # replay the picked schedule",
+        f"{ap} pick --experiment {NAME} --max-macs-ratio 0.25 --register qs"
+        "   # MLflow registry: models:/qs@picked",
+        f"{ap} export models:/qs@picked --format onnx --out runs/qs.onnx"
+        "   # ONNX, checked and timed",
+        f"{ap} ui                                  # MLflow UI on http://127.0.0.1:5000",
+    ]
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
+import json
 import os
 import re
 import sys
@@ -39,6 +40,7 @@ _CONFIG_DIRS: list[Path] = []
 _LIVE: dict[str, Any] = {}
 _TRUSTED: set[str] = set()
 _SHIPPED: dict[str, Path] = {}
+SHIPPED_FILES_ENV = "AUTOPRUNE_SHIPPED_FILES"
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,9 @@ def _find_file(ref: Reference, key: str) -> Path:
     for candidate in candidates:
         if candidate.is_file():
             return candidate.resolve()
+    shipped = _shipped_file(path)
+    if shipped is not None:  # a Ray worker on a node without the driver's file
+        return shipped
     raise ConfigError(f"{key}: file {ref.module!r} of {ref.text!r} not found (looked in "
                       f"{', '.join(str(c.parent) for c in candidates)})")
 
@@ -265,7 +270,9 @@ def is_trusted(text: str, trust: Iterable[str] = ()) -> bool:
 
 def _remember_origin(ref: Reference, module: Any) -> None:
     """Record the file or package folder of a user module (not an installed one)."""
-    if ref.is_file:  # found by its path: on this machine only
+    if ref.is_file:  # shipped as a single-file module, found by its path on other nodes
+        origin = Path(module.__file__).resolve()
+        _SHIPPED[str(origin)] = origin
         return
     top = sys.modules.get(ref.root, module)
     paths = list(getattr(top, "__path__", []) or [])
@@ -283,9 +290,32 @@ def _installed(path: Path) -> bool:
 
 def runtime_env() -> dict[str, Any] | None:
     """A Ray ``runtime_env`` shipping the user's modules resolved so far (``py_modules``:
-    each single-file module or package folder), or None when there are none."""
+    each single-file module or package folder), or None when there are none.
+
+    A module named by its file path (``path/to/mynets.py:build``) is shipped as the module
+    ``mynets``; ``AUTOPRUNE_SHIPPED_FILES`` tells the workers which path it stands for."""
     modules = sorted({str(p) for p in _SHIPPED.values() if p.exists()})
-    return {"py_modules": modules} if modules else None
+    if not modules:
+        return None
+    files = {key: Path(key).stem for key in _SHIPPED if key.endswith(".py")}
+    names = [Path(m).stem if m.endswith(".py") else Path(m).name for m in modules]
+    clash = sorted({n for n in names if names.count(n) > 1})
+    if clash:
+        raise UserError(f"two of your modules would reach the Ray workers as {clash[0]!r} "
+                        f"({', '.join(m for m, n in zip(modules, names) if n == clash[0])}): "
+                        "rename one")
+    env: dict[str, Any] = {"py_modules": modules}
+    if files:
+        env["env_vars"] = {SHIPPED_FILES_ENV: json.dumps(files, sort_keys=True)}
+    return env
+
+
+def _shipped_file(path: Path) -> Path | None:
+    """On a Ray worker: where the single-file module shipped for the driver's ``path`` is."""
+    files = json.loads(os.environ.get(SHIPPED_FILES_ENV) or "{}")
+    name = files.get(str(path))
+    spec = importlib.util.find_spec(name) if isinstance(name, str) else None
+    return Path(spec.origin) if spec is not None and spec.origin else None
 
 
 __all__ = ["Reference", "as_reference", "importable", "is_reference", "is_trusted",

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU figures in README, in one go (about 6 minutes on one H200), from the repository
+# The GPU figures of the docs' benchmarks, in one go (about 6 minutes on one H200), from the repository
 # root of a machine with a CUDA GPU and the Fashion-MNIST files (make system-deps, or
 # AUTOPRUNE_DATA_DIR pointing at them):
 #

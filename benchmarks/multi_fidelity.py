@@ -31,7 +31,7 @@ only read.
     python benchmarks/multi_fidelity.py --seeds 0 --settings nsga2 nsga2+proxy
 
 Writes ``benchmarks/results/multi_fidelity.json`` and ``multi_fidelity.png`` and prints the
-tables that README quotes.
+tables that docs/benchmarks/search-strategies.md quotes.
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ Prints, from one run on one machine:
 Usage::
 
     .venv/bin/python benchmarks/pruned_training_speed.py --precision fp32 bf16 \
-        --formats channels_last contiguous                            # README's CPU run
+        --formats channels_last contiguous                            # the docs' CPU run
     .venv/bin/python benchmarks/pruned_training_speed.py --device cuda --batch 4096 \
         --results benchmarks/results/pruned_training_speed_cuda_b4096.md
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -180,3 +181,34 @@ def test_a_checkpoint_resumes_only_the_run_that_wrote_it(tmp_path, capsys) -> No
     assert "checkpoint of another run (training.epochs: 2 -> 3)" in err and "--fresh" in err
     assert main(["train", str(config), "--out", out, "--quiet", "--epochs", "3",
                  "--fresh"]) == 0
+
+
+def test_mlflow_tracking_uri_is_honoured_after_the_flag(tmp_path, capsys, monkeypatch) -> None:
+    """Flag, then MLflow's own MLFLOW_TRACKING_URI, then the embedded default; every
+    command that talks to MLflow says once on stderr when the variable chose the store."""
+    from autoprune.search.store import DEFAULT_DB, resolve_tracking_uri
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert resolve_tracking_uri(None) == f"sqlite:///{(tmp_path / DEFAULT_DB).resolve()}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///env/store.db")
+    assert resolve_tracking_uri(None) == f"sqlite:///{tmp_path / 'env' / 'store.db'}"
+    assert resolve_tracking_uri("sqlite:///flag.db") == f"sqlite:///{tmp_path / 'flag.db'}"
+    assert main(["pareto", "--experiment", "nothing-here"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "MLflow: sqlite:///env/store.db (from MLFLOW_TRACKING_URI)", err
+    assert err[1] == f"error: no MLflow store at sqlite:///{tmp_path / 'env' / 'store.db'} " \
+                     "(run a search first, or pass --tracking-uri)", err
+    # MLflow's own setter exports the variable; autoprune's use of it leaves it as it was
+    from autoprune.deploy.mlflow_model import tracking
+
+    with tracking(f"sqlite:///{tmp_path / 'other.db'}"):
+        pass
+    assert os.environ["MLFLOW_TRACKING_URI"] == "sqlite:///env/store.db"
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    with tracking(f"sqlite:///{tmp_path / 'other.db'}"):
+        pass
+    assert "MLFLOW_TRACKING_URI" not in os.environ
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "ftp://x")
+    assert main(["pareto", "--experiment", "x"]) == 2
+    assert "error: MLFLOW_TRACKING_URI 'ftp://x': not a tracking store" in capsys.readouterr().err

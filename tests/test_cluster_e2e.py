@@ -1,6 +1,6 @@
-"""End to end on a cluster: README's "Run on a cluster", run here command by command.
+"""End to end on a cluster: the docs' "Run on a cluster", run here command by command.
 
-Every command of that README section is read from README.md and run as written, with the
+Every command of that page (docs/how-to/cluster.md) is read from it and run as written, with the
 test's own addresses, ports and paths (both Ray nodes and the MLflow server on 127.0.0.1,
 free ports, temporary folders) plus what two Ray nodes on one machine need (a
 ``--temp-dir`` and free agent and worker ports each). A command there that this test does
@@ -9,8 +9,9 @@ not know how to run fails the test: the section documents nothing that is not te
 Then: trials ran on both Ray nodes; every run, metric and artifact is in the MLflow server
 and downloads through it (``mlflow-artifacts:/``, plain HTTP too); headless Chromium opens
 the link the search printed on the training-runs view, finds the parent run and its child
-runs, and sees ``pareto.png`` render. Screenshots: the test's tmp folder and
-``runs/test-artifacts/cluster-e2e/``. Everything the test starts is stopped by process id
+runs, and sees ``pareto.png`` and a trial's ``schedule.png`` render. Screenshots: the
+test's tmp folder and ``runs/test-artifacts/cluster-e2e/`` (``make docs-images`` copies
+the ones the docs show into ``docs/img/ui/``). Everything the test starts is stopped by process id
 at the end, and the test fails if any of it survives.
 """
 
@@ -30,6 +31,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import _postgres
 import pytest
 import yaml
 from _processes import Processes, free_ports, wait_for_port
@@ -37,7 +39,7 @@ from _processes import Processes, free_ports, wait_for_port
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
-README = REPO / "README.md"
+PAGE = REPO / "docs" / "how-to" / "cluster.md"
 SECTION = "Run on a cluster"
 BIN = Path(sys.executable).parent
 CHROMIUM = "/usr/bin/chromium"
@@ -49,8 +51,8 @@ SHOTS_COPY = REPO / "runs" / "test-artifacts" / "cluster-e2e"
 # machine): with 1-second trials, Tune reuses the first node's actor for every trial
 # (reuse_actors) and the second node never gets one. Whole digits, batch 8: ~8 s a trial.
 EPOCHS = 12
-TRIALS = 4       # the direct search: --num-samples 4 in README
-JOB_TRIALS = 2   # the submitted one: the space's num_samples (README gives no --num-samples)
+TRIALS = 4       # the direct search: --num-samples 4 on the page
+JOB_TRIALS = 2   # the submitted one: the space's num_samples (the page gives no --num-samples)
 SPACE: dict[str, Any] = {
     "num_samples": JOB_TRIALS,
     "sampler": "nsga2",
@@ -80,33 +82,35 @@ QUIET_UI = "window.localStorage.setItem('mlflow.assistant.fab.autoOpenedOnFirstL
 
 
 def readme_commands() -> list[str]:
-    """The command lines of README's cluster section (```bash blocks, no comments)."""
-    text = README.read_text()
-    assert f"\n## {SECTION}\n" in text, f"README.md has no '## {SECTION}' section"
-    section = text.split(f"\n## {SECTION}\n", 1)[1].split("\n## ", 1)[0]
+    """The command lines of the docs' cluster page (```bash blocks, no comments)."""
+    section = PAGE.read_text()
+    assert section.startswith(f"# {SECTION}\n"), f"{PAGE} is not the '{SECTION}' page"
     lines = [line.strip() for block in re.findall(r"```bash\n(.*?)```", section, re.S)
              for line in block.splitlines()]
     return [line for line in lines if line and not line.startswith("#")]
 
 
 def kind_of(command: str) -> str:
-    for prefix, kind in (("mlflow server ", "mlflow"), ("ray get-auth-token ", "token"),
+    for prefix, kind in (("createdb ", "createdb"), ("mlflow db upgrade ", "dbupgrade"),
+                         ("mlflow server ", "mlflow"), ("ray get-auth-token ", "token"),
                          ("export ", "export"), ("ray start --head ", "head"),
                          ("ray start --address ", "worker"), ("ray job submit ", "job"),
                          ("autoprune search ", "search"), ("autoprune pareto ", "pareto")):
         if command.startswith(prefix):
             return kind
-    raise AssertionError(f"README's '{SECTION}' has a command this test does not run: "
+    raise AssertionError(f"The '{SECTION}' page has a command this test does not run: "
                          f"{command!r} (run it in tests/test_cluster_e2e.py, or drop it)")
 
 
 def localise(command: str, subs: dict[str, str]) -> list[str]:
-    """README's command with the test's addresses, ports and paths, as an argv."""
+    """The page's command with the test's addresses, ports and paths, as an argv."""
     for pattern, value in subs.items():
         command = re.sub(pattern, value, command)
     argv = shlex.split(command)
     if argv[0] in ("ray", "mlflow", "autoprune"):
         argv[0] = str(BIN / argv[0])  # this venv's, whatever the PATH says
+    elif argv[0] == "createdb":
+        argv[0] = str(_postgres.bindir() / "createdb")  # type: ignore[operator]
     return argv
 
 
@@ -117,23 +121,28 @@ def png_width(data: bytes) -> int:
 
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """Run README's cluster section; stop everything it started, and check that nothing
+    """Run the docs' cluster page; stop everything it started, and check that nothing
     survives."""
     commands = readme_commands()
     kinds = [kind_of(c) for c in commands]
-    expected = ["mlflow", "token", "export", "head", "worker", "search", "job", "pareto"]
-    assert sorted(kinds) == sorted(expected), f"README's '{SECTION}' commands: {kinds}"
+    expected = ["createdb", "dbupgrade", "mlflow", "token", "export", "head", "worker",
+                "search", "job", "pareto"]
+    assert sorted(kinds) == sorted(expected), f"the '{SECTION}' page's commands: {kinds}"
+    why_not = _postgres.missing()
+    if why_not:
+        pytest.skip(why_not)
     out = tmp_path_factory.mktemp("cluster-e2e")
     # Ray's socket paths must stay short (108 bytes): its folders go under /tmp/apc-*.
     short = Path(tempfile.mkdtemp(prefix="apc-", dir="/tmp"))
     procs = Processes(out / "logs", paths=[str(short)])
-    gcs, dashboard, mlflow_port, head_agent, worker_agent = free_ports(5)
+    gcs, dashboard, mlflow_port, head_agent, worker_agent, database = free_ports(6)
     space = out / "cluster.yaml"
     space.write_text(yaml.safe_dump(SPACE))
     job_space = out / "job.yaml"
     job_space.write_text(yaml.safe_dump(JOB_SPACE))
     subs = {r"\bHEAD\b": "127.0.0.1", r"\b6379\b": str(gcs), r"\b8265\b": str(dashboard),
             r"\b5000\b": str(mlflow_port), "/srv/mlflow": str(short / "mlflow"),
+            r"\bDBHOST\b": "127.0.0.1", r"\b5432\b": str(database),
             "/shared/autoprune": str(short / "shared"),
             r"search_spaces/quickstart\.yaml": str(space)}
     token = short / "home" / ".ray" / "auth_token"
@@ -143,14 +152,19 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, A
     state: dict[str, Any] = {
         "out": out, "short": short, "procs": procs, "ports": (gcs, dashboard, mlflow_port),
         "tracking_uri": f"http://127.0.0.1:{mlflow_port}", "dashboard": dashboard,
-        "outputs": {}, "env": env}
+        "outputs": {}, "env": env, "database": database}
     for folder in ("mlflow", "shared", "home"):
         (short / folder).mkdir()
+    pg_folder = None
     try:
+        # the team's PostgreSQL server, which the page takes as given: a throw-away one
+        pg_folder = _postgres.start(procs, database)
         server = None
         for command, kind in zip(commands, kinds):
             argv = localise(command, subs)
-            if kind == "mlflow":
+            if kind in ("createdb", "dbupgrade"):
+                procs.run(kind, argv, 300, env=env, cwd=out)
+            elif kind == "mlflow":
                 server = procs.start("mlflow-server", argv, env=env, cwd=out)
             elif kind == "token":  # generated into a home of the test's own
                 procs.run("ray-auth-token", argv, 60, env={**env, "HOME": str(short / "home")})
@@ -175,8 +189,10 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, A
         yield state
     finally:
         survivors = procs.stop_all()
-        left = [p for p in (gcs, dashboard, mlflow_port) if _listening(p)]
+        left = [p for p in (gcs, dashboard, mlflow_port, database) if _listening(p)]
         shutil.rmtree(short, ignore_errors=True)
+        if pg_folder is not None:
+            shutil.rmtree(pg_folder, ignore_errors=True)
         assert not survivors, "processes started by the test survived it:\n" + "\n".join(
             survivors)
         assert not left, f"ports still listened on after the test: {left}"
@@ -209,7 +225,8 @@ def server(deployment: dict[str, Any]) -> dict[str, Any]:
 def ray_nodes(deployment: dict[str, Any]) -> list[dict[str, Any]]:
     argv = [str(BIN / "ray"), "list", "nodes", "--address",
             f"http://127.0.0.1:{deployment['dashboard']}", "--format", "json"]
-    _, output = deployment["procs"].run("ray-list-nodes", argv, 120, env=deployment["env"])
+    name = f"ray-list-nodes-{len(deployment['procs'].started)}"  # a log of its own each time
+    _, output = deployment["procs"].run(name, argv, 120, env=deployment["env"])
     return json.loads(output[output.index("["):output.rindex("]") + 1])
 
 
@@ -324,6 +341,32 @@ def test_networks_are_logged_and_registered_on_the_server(
     x = torch.randn(4, *own.autoprune_input_shape)
     with torch.no_grad():
         assert torch.allclose(served(x), own(x), atol=1e-5)
+    # the registered version ships from the server: export finds it there
+    assert main(["export", "models:/cluster-picked@picked", "--tracking-uri", uri, "--out",
+                 str(tmp_path / "picked.onnx"), "--repeats", "2"]) == 0
+    exported = json.loads(capsys.readouterr().out)
+    assert exported["max_abs_diff"] < 1e-4 and exported["source"] == "models:/cluster-picked@picked"
+
+
+def test_the_servers_store_is_postgresql(deployment: dict[str, Any],
+                                         server: dict[str, Any]) -> None:
+    """What the server holds is in the PostgreSQL database, read there directly: every run
+    of the search, and every epoch's metrics of a trial once (the last epoch's value is
+    logged again, at its step, as the trial's final result)."""
+    import psycopg
+
+    url = f"postgresql://mlflow@127.0.0.1:{deployment['database']}/mlflow"
+    with psycopg.connect(url) as db:
+        stored = {row[0] for row in db.execute(
+            "SELECT run_uuid FROM runs WHERE experiment_id = %s",
+            (int(server["experiment"].experiment_id),))}
+        child = server["children"][0].info.run_id
+        steps = [row[0] for row in db.execute(
+            "SELECT step FROM metrics WHERE run_uuid = %s AND key = 'macs' ORDER BY step",
+            (child,))]
+    assert stored == {r.info.run_id for r in server["runs"]}
+    assert sorted(set(steps)) == list(range(1, EPOCHS + 1)), steps
+    assert all(steps.count(step) == 1 for step in range(1, EPOCHS)), steps  # each epoch once
 
 
 def test_ui_shows_training_runs_and_the_pareto_plot(deployment: dict[str, Any],
@@ -382,6 +425,16 @@ def test_ui_shows_training_runs_and_the_pareto_plot(deployment: dict[str, Any],
             page.wait_for_function("img => img.complete", arg=image.element_handle())
             page.screenshot(path=str(shots / "pareto-artifact.png"))
             assert image.evaluate("img => img.naturalWidth") == width, "pareto.png broken"
+            # 4. a trial's schedule.png: what its schedule did
+            child = next((c for c in server["children"] if c.data.params.get("method")
+                          == "filter"), server["children"][0])
+            page.goto(f"{base}/#/experiments/{experiment_id}/runs/{child.info.run_id}"
+                      "/artifacts/schedule.png?workflowType=machine_learning")
+            image = page.locator('img[alt="schedule.png"]').first
+            expect(image).to_be_visible(timeout=30_000)
+            page.wait_for_function("img => img.complete", arg=image.element_handle())
+            assert image.evaluate("img => img.naturalWidth") > 0, "schedule.png broken"
+            page.screenshot(path=str(shots / "trial-schedule.png"))
         except BaseException:
             with contextlib.suppress(Exception):  # the page as it was, for the developer
                 page.screenshot(path=str(shots / "failure.png"))
@@ -392,3 +445,95 @@ def test_ui_shows_training_runs_and_the_pareto_plot(deployment: dict[str, Any],
             SHOTS_COPY.mkdir(parents=True)
             for shot in shots.glob("*.png"):
                 shutil.copy2(shot, SHOTS_COPY / shot.name)
+
+
+# The user's own network and data, in a folder only the driver imports from: the network
+# by module name beside the space file, the data factory by its file path. Each call
+# records where its code was imported from and on which Ray node.
+DRIVER_NET = '''
+import os
+from torch import nn
+
+
+def _record(what):
+    import sys
+
+    import ray
+
+    # the driver builds it too (the check before Ray, logging models); Ray's worker
+    # processes run default_worker.py (asking an uninitialised Ray for its context would
+    # start a local Ray in the driver)
+    worker = "default_worker" in sys.argv[0] and ray.is_initialized()
+    node = ray.get_runtime_context().get_node_id() if worker else "driver"
+    with open({log!r}, "a") as log:
+        log.write(f"{{what}} {{node}} {{os.path.realpath(__file__)}}\\n")
+
+
+def build(num_classes, in_channels, width=8):
+    _record("build")
+    return nn.Sequential(nn.Conv2d(in_channels, width, 3, padding=1), nn.BatchNorm2d(width),
+                         nn.ReLU(), nn.Conv2d(width, width, 3, padding=1), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, num_classes))
+'''
+DRIVER_DATA = '''
+import os
+import torch
+from torch.utils.data import TensorDataset
+
+
+def load(n=1200):
+    with open({log!r}, "a") as log:
+        log.write(f"data - {{os.path.realpath(__file__)}}\\n")
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(n) % 4
+    images = torch.rand(n, 1, 12, 12, generator=g)
+    for i, label in enumerate(labels.tolist()):
+        r, c = divmod(label, 2)
+        images[i, 0, r * 6:r * 6 + 6, c * 6:c * 6 + 6] += 1
+    return TensorDataset(images[:960], labels[:960]), TensorDataset(images[960:], labels[960:])
+'''
+
+
+def test_a_search_ships_code_only_the_driver_has(deployment: dict[str, Any]) -> None:
+    """Neither node can import the user's modules (their folder is on no Ray node's path,
+    the search runs from another folder): trials on both nodes build the network and read
+    the data from the copies the search shipped (Ray ``py_modules``)."""
+    from mlflow import MlflowClient
+
+    code = deployment["short"] / "driver-only"
+    code.mkdir()
+    log = code / "calls.log"
+    (code / "drivernet_u24.py").write_text(DRIVER_NET.format(log=str(log)))
+    (code / "driverdata_u24.py").write_text(DRIVER_DATA.format(log=str(log)))
+    # as many trials as the direct search, each as long (a shorter one lets Tune reuse one
+    # node's actor for every trial)
+    space = {**SPACE, "num_samples": TRIALS, "fixed": {
+        "model": "drivernet_u24:build", "model_kwargs": {"width": 8},
+        "dataset": {"factory": "driverdata_u24.py:load"},
+        "training": {"epochs": EPOCHS, "batch_size": 8, "lr": 0.05, "seed": 0}}}
+    (code / "space.yaml").write_text(yaml.safe_dump(space))
+    gcs = deployment["ports"][0]
+    argv = [str(BIN / "autoprune"), "search", str(code / "space.yaml"), "--name", "user-code",
+            "--address", f"127.0.0.1:{gcs}", "--tracking-uri", deployment["tracking_uri"],
+            "--storage-path", str(deployment["short"] / "shared")]
+    elsewhere = deployment["out"] / "elsewhere"
+    elsewhere.mkdir()
+    _, output = deployment["procs"].run("search-user-code", argv, 480, env=deployment["env"],
+                                        cwd=elsewhere)
+    assert f"{TRIALS}/{TRIALS} done, 0 running, 0 failed" in output, output[-3000:]
+    calls = [line.split(" ", 2) for line in log.read_text().splitlines()]
+    nodes = {n["node_id"] for n in ray_nodes(deployment) if n["state"] == "ALIVE"}
+    shipped = {node for what, node, path in calls
+               if what == "build" and node in nodes and not path.startswith(str(code))}
+    assert shipped == nodes, calls  # each node built the network from a shipped copy
+    assert not any(what == "build" and node in nodes and path.startswith(str(code))
+                   for what, node, path in calls), calls
+    # the factory, named by its path, is read there where the path exists (both nodes share
+    # this machine's disk); where it does not, the shipped copy is (test_user_models.py)
+    assert sum(what == "data" for what, _, _ in calls) > TRIALS, calls  # the driver, each trial
+    client = MlflowClient(deployment["tracking_uri"])
+    experiment = client.get_experiment_by_name("user-code")
+    assert experiment is not None
+    children = [r for r in client.search_runs([experiment.experiment_id])
+                if r.data.tags.get("autoprune.role") == "trial"]
+    assert len(children) == TRIALS and all(r.info.status == "FINISHED" for r in children)

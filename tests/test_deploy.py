@@ -204,6 +204,36 @@ def test_register_sets_alias_and_tags(trial_run: dict[str, Any]) -> None:
         register(client, uri, run_id, "bad name/x", "picked", {})
 
 
+SHIP_PAGE = Path(__file__).parent.parent / "docs" / "how-to" / "pick-and-ship.md"
+
+
+def test_the_ship_page_snippet_runs(trial_run: dict[str, Any],
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """The documented way to use a registered network (docs/how-to/pick-and-ship.md), run
+    as written against this test's store: the torch.export module is called as it is
+    (its .eval() raises, as the page says), and model.pt gives a trainable nn.Module."""
+    from autoprune.deploy.mlflow_model import register, tracking
+
+    text = SHIP_PAGE.read_text()
+    marker = "<!-- tested: tests/test_deploy.py::test_the_ship_page_snippet_runs -->"
+    snippet = re.search(re.escape(marker) + r"\n```python\n(.*?)```", text, re.S).group(1)
+    client, run_id, uri = trial_run["client"], trial_run["run_id"], trial_run["uri"]
+    register(client, uri, run_id, "qs", "picked", {})
+    assert 'mlflow.set_tracking_uri("sqlite:///runs/mlflow.db")' in snippet
+    code = snippet.replace("sqlite:///runs/mlflow.db", uri)
+    scope: dict[str, Any] = {}
+    with tracking(uri):
+        exec(compile(code, str(SHIP_PAGE), "exec"), scope)
+    assert "tensor([" in capsys.readouterr().out
+    assert scope["net"].training and isinstance(scope["net"], nn.Module)
+    with pytest.raises(NotImplementedError):  # what the page warns about
+        scope["model"].eval()
+    x = torch.randn(2, *SHAPE)
+    with torch.no_grad():
+        np.testing.assert_allclose(scope["model"](x).numpy(),
+                                   scope["net"].eval()(x).numpy(), atol=1e-5)
+
+
 @pytest.mark.parametrize("runtime", ["torch", "onnx"])
 def test_latency_objective_states_how_it_was_measured(runtime: str, tmp_path: Path) -> None:
     from autoprune.config import parse_train_config
@@ -244,8 +274,10 @@ def test_tracked_train_is_an_mlflow_run_with_its_network(tmp_path: Path,
     assert {m.step for m in client.get_metric_history(run_id, "macs")} == {1, 2, 3}
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert run.data.metrics["accuracy"] == pytest.approx(summary["accuracy"])
-    assert {"model.pt", "summary.json", "train_config.yaml"} <= {
+    # schedule.png: the picture of what the schedule did, beside the model
+    assert {"model.pt", "summary.json", "train_config.yaml", "schedule.png"} <= {
         a.path for a in client.list_artifacts(run_id)}
+    assert (tmp_path / "run" / "schedule.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with tracking(uri):
         logged = mlflow.pytorch.load_model(f"runs:/{run_id}/model")
     _same_outputs(logged, load_model(tmp_path / "run" / "model.pt"), (1, 8, 8))

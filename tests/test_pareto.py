@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -80,3 +81,21 @@ def test_write_all_artifacts(tmp_path: Path) -> None:
 def test_write_all_without_rows(tmp_path: Path) -> None:
     paths = write_all([], ("accuracy", "macs"), MAX_MIN, tmp_path)
     assert all(p.is_file() for p in paths)
+
+
+def test_html_points_link_to_their_runs_and_show_method_params(tmp_path: Path) -> None:
+    from autoprune.search.store import run_page_prefix
+
+    rows = [{"trial_id": f"t{i}", "method": "filter", "accuracy": 0.5 + i / 20,
+             "macs": 1e5 * (i + 1), "run_id": f"run{i}",
+             "method_params": {"target_ratio": "0.4", "end_epoch": "3"}} for i in range(3)]
+    prefix = run_page_prefix("sqlite:///runs/mlflow.db", "7")
+    assert prefix == "http://127.0.0.1:5000/#/experiments/7/runs/"
+    assert run_page_prefix("http://head:5000/", "7").startswith("http://head:5000/#/")
+    write_all(rows, ("accuracy", "macs"), MAX_MIN, tmp_path, "links", prefix)
+    # plotly writes '/', '<' and '>' in its JSON as \uXXXX escapes
+    html = re.sub(r"\\u([0-9a-f]{4})", lambda m: chr(int(m.group(1), 16)),
+                  (tmp_path / "pareto.html").read_text())
+    assert f"{prefix}run2" in html  # each point's customdata: its run page
+    assert "plotly_click" in html and "window.open" in html
+    assert "target_ratio: 0.4" in html and "<b>filter</b>" in html

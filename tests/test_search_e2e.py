@@ -96,7 +96,7 @@ def test_child_runs_have_metrics_tags_and_artifacts(search: dict[str, Any]) -> N
         for key in ("accuracy", "macs", "params", "train_flops"):
             history = client.get_metric_history(run_id, key)
             assert {m.step for m in history} == set(range(1, EPOCHS + 1)), key
-        assert {"model.pt", "summary.json", "train_config.yaml"} <= {
+        assert {"model.pt", "summary.json", "train_config.yaml", "schedule.png"} <= {
             a.path for a in client.list_artifacts(run_id)}
         summary = json.loads(Path(client.download_artifacts(
             run_id, "summary.json", str(search["folder"]))).read_text())

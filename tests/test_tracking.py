@@ -151,3 +151,20 @@ def test_progress_printer_lines(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     assert "[2/3 done, 1 running, 0 failed] b filter completed: accuracy 0.800, macs 1M" in out
     assert "front (2 trials): 0.800 @ 1M | 0.900 @ 2M" in out
+
+
+def test_log_in_batches_keeps_within_mlflows_limits() -> None:
+    from autoprune.tracking.batch import log_in_batches
+
+    calls: list[tuple[str, int, int, int]] = []
+
+    class Client:
+        def log_batch(self, run_id, metrics=(), params=(), tags=()):
+            calls.append((run_id, len(metrics), len(params), len(tags)))
+
+    assert log_in_batches(Client(), "r", metrics=list(range(2500)), params=list(range(250)),
+                          tags=list(range(100))) == 7
+    assert calls == [("r", 0, 100, 0), ("r", 0, 100, 0), ("r", 0, 50, 0), ("r", 0, 0, 100),
+                     ("r", 1000, 0, 0), ("r", 1000, 0, 0), ("r", 500, 0, 0)]
+    calls.clear()
+    assert log_in_batches(Client(), "r", metrics=[]) == 0 and calls == []

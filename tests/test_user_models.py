@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -407,6 +408,37 @@ def test_train_refuses_a_method_the_network_cannot_take(
     assert not (tmp_path / "out" / "checkpoint.pt").exists()  # before any epoch
 
 
+def test_search_refuses_a_method_the_network_cannot_take_before_ray(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The network is built once where the search starts; a searched method it cannot take
+    is refused in one line naming the method and the layer, before any trial or run."""
+    fixed = {k: v for k, v in config("dense", model=f"{MODULE}:FixedViewNet").items()
+             if k not in ("method", "method_params")}
+    space = {"name": "refused", "num_samples": 2, "objectives": ["accuracy", "macs"],
+             "fixed": fixed, "searched": {"methods": {
+                 "dense": {}, "filter": {"target_ratio": {"low": 0.3, "high": 0.6},
+                                         "start_epoch": 1, "end_epoch": 2}}}}
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(space))
+    store = tmp_path / "mlflow.db"
+    code, _, err = cli(["search", str(path), "--tracking-uri", f"sqlite:///{store}",
+                        "--storage-path", str(tmp_path / "ray")], capsys)
+    assert code == 2 and err.count("\n") == 1, err
+    assert all(w in err for w in ("searched.methods.filter", "'conv'", "breaks")), err
+    assert not (tmp_path / "ray").exists()  # no Ray experiment was started
+    from autoprune.search.preflight import check_network
+    from autoprune.search.space import parse_space
+
+    ok = {**space, "fixed": {**fixed, "model": f"{MODULE}:ConcatNet"}}
+    assert check_network(parse_space(ok, str(path))) == ["filter"]  # dense needs nothing
+    # a registered dataset's shapes come from the registry; growth through a torch.cat
+    grow = {**ok, "fixed": {**ok["fixed"], "dataset": {"name": "digits"}},
+            "searched": {"methods": {"filter": ok["searched"]["methods"]["filter"],
+                                     "cgap": {}}}}
+    with pytest.raises(UserError, match=r"searched\.methods\.cgap: .*ConcatNet.*grows"):
+        check_network(parse_space(grow, str(path)))
+
+
 BAD = [
     ("no-module", {"model": "no_such_module_xyz:build"}, ("cannot import", "no_such_module_xyz")),
     ("no-attribute", {"model": f"{MODULE}:nothing_here"}, ("no attribute", "nothing_here")),
@@ -478,6 +510,33 @@ def test_module_beside_the_config_and_file_references(tmp_path: Path,
     shipped = (references.runtime_env() or {})["py_modules"]
     assert str(folder / "beside_nets_u24.py") in shipped  # what Ray workers get
     assert not any("site-packages" in path for path in shipped)
+
+
+def test_a_file_reference_reaches_a_node_without_the_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``path/file.py:build`` ships as the single-file module ``file``; a Ray worker where
+    the path does not exist finds it through the environment the search sets."""
+    driver = tmp_path / "driver"
+    driver.mkdir()
+    (driver / "shipnet_u24.py").write_text(MODULE_TEXT)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.setattr(references, "_SHIPPED", {})
+    references.resolve(f"{driver / 'shipnet_u24.py'}:build", "model")
+    env = references.runtime_env()
+    assert env is not None and env["py_modules"] == [str(driver / "shipnet_u24.py")]
+    # a worker: Ray put the shipped copy on sys.path and set the variable; the path is gone
+    node = tmp_path / "ray_node" / "py_modules"
+    node.mkdir(parents=True)
+    shutil.move(str(driver / "shipnet_u24.py"), node / "shipnet_u24.py")
+    sys.path.append(str(node))
+    for name, value in env["env_vars"].items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(references, "_LIVE", {})
+    built = references.resolve(f"{driver / 'shipnet_u24.py'}:build", "model")(3, 1)
+    assert isinstance(built, nn.Module)
+    monkeypatch.delenv(references.SHIPPED_FILES_ENV)
+    with pytest.raises(UserError, match="not found"):
+        references.resolve(f"{driver / 'other_u24.py'}:build", "model")
 
 
 def test_api_train_with_callables_defined_anywhere(tmp_path: Path) -> None:

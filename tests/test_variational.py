@@ -5,6 +5,7 @@ Quick runs on digits (256 training samples, 8 batches per epoch, fixed seed).
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from autoprune.engine.context import TrainContext
 from autoprune.methods import create_method
 from autoprune.methods._gates import GATES_ATTR
 from autoprune.models import BasicBlock, create_model
+from autoprune.surgery import DependencyIndex
 
 
 def config(model: str, epochs: int = 3, **params: Any) -> Any:
@@ -152,7 +154,7 @@ def test_a_groups_last_channel_stays_on(tmp_path: Path) -> None:
     model = create_model("small_resnet", 10, 1, 8)
     x, y = next(iter(data.train))
     ctx = TrainContext(model, (x, y), data.train, 3, torch.device("cpu"))
-    method = create_method("variational", {"strength": 1.0}, 3)
+    method = create_method("variational", {"strength": 1.0, "min_width": 0.0}, 3)
     method.setup(ctx)
     bank = getattr(model, GATES_ATTR)
     key = "layer1.0.conv1"
@@ -175,3 +177,80 @@ def test_a_groups_last_channel_stays_on(tmp_path: Path) -> None:
         model(x[:4])
         handle.remove()
     assert float(inner["out"].abs().sum()) > 0  # the kept channel is not gated to zero
+
+
+def gated_setup(params: dict[str, Any]) -> tuple[nn.Module, TrainContext, Any, torch.Tensor]:
+    torch.manual_seed(0)
+    data = load_dataset("digits", train_subset=64, seed=0, batch_size=32)
+    model = create_model("small_resnet", 10, 1, 8)
+    x, y = next(iter(data.train))
+    ctx = TrainContext(model, (x, y), data.train, 3, torch.device("cpu"))
+    method = create_method("variational", {"strength": 1.0, **params}, 3)
+    method.setup(ctx)
+    method.on_epoch_start(ctx, 1)
+    return model, ctx, method, x[:8]
+
+
+@pytest.mark.parametrize("key", ["conv1", "layer2.0.conv1"])  # a residual stream, a branch
+def test_gates_below_one_half_but_alive_are_evaluated_as_the_final_network(key: str) -> None:
+    """Every gate of a group in (prune_threshold, 0.5): training still samples the group,
+    nothing is removed at the epoch's end, and evaluation shows the network that training
+    ends with (its floor of strongest channels), not a zeroed group."""
+    model, ctx, method, x = gated_setup({"min_width": 0.2})
+    bank = getattr(model, GATES_ATTR)
+    width = ctx.widths()[key]
+    floor = math.ceil(0.2 * width)
+    with torch.no_grad():
+        theta = bank.get("unit", key)
+        theta.copy_(torch.linspace(0.1, 0.4, width))
+    method.on_epoch_end(ctx, 1)
+    assert ctx.widths()[key] == width  # above prune_threshold: still trained, not removed
+    method.on_epoch_start(ctx, 2)
+    model.train()
+    sampled = bank.gate("unit", key)
+    assert sampled is not None and 0 < float(sampled.detach().sum()) < width  # training samples it
+    model.eval()
+    shown = bank.gate("unit", key)
+    assert shown is not None and int(shown.sum()) == floor
+    with torch.no_grad():
+        evaluated = model(x)
+    method.on_train_end(ctx)
+    assert ctx.widths()[key] == floor
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), evaluated)
+
+
+@pytest.mark.parametrize("min_width", [0.0, 0.25, 0.5])
+def test_residual_streams_keep_their_floor(min_width: float) -> None:
+    """Closing every gate of a residual stream removes it down to its declared floor (at
+    least one channel), the survivors' gates fixed at 1."""
+    model, ctx, method, _ = gated_setup({"min_width": min_width})
+    bank = getattr(model, GATES_ATTR)
+    streams = [k for k, g in ctx.groups().items() if len(g.out_modules) > 2]
+    assert streams
+    dense = ctx.widths()
+    with torch.no_grad():
+        for key in streams:
+            bank.get("unit", key).fill_(0.01)
+    method.on_epoch_end(ctx, 1)
+    for key in streams:
+        assert ctx.widths()[key] == max(1, math.ceil(min_width * dense[key]))
+
+
+def test_trained_streams_stay_at_or_above_the_floor(tmp_path: Path) -> None:
+    """Channels-only pressure that cuts a residual stream below a quarter of its width
+    without a floor; with ``min_width`` 0.25 no group of the final network is narrower."""
+    model = create_model("small_resnet", 10, 1, 8)
+    dense = {k: g.width for k, g in DependencyIndex(model, torch.randn(1, 1, 8, 8)).groups.items()}
+    narrowest = {}
+    for min_width in (0.0, 0.25):
+        summary = train(config("small_resnet", epochs=3, strength=20.0, layer_vs_unit=0.0,
+                               min_width=min_width), tmp_path / str(min_width), progress=False)
+        final = summary["final"]["widths"]
+        assert set(final) == set(dense)
+        streams = [k for k in final if k == "conv1" or "shortcut" in k]
+        narrowest[min_width] = min(final[k] / dense[k] for k in streams)
+        for key, width in final.items():
+            assert width >= max(1, math.ceil(min_width * dense[key]))
+    assert narrowest[0.0] < 0.25 <= narrowest[0.25]

@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
+        _say_where_results_go(args)
         return _HANDLERS[args.command](args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -75,6 +76,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"error: MLflow: {text[:500]}", file=sys.stderr)
             return 2
         raise
+
+
+def _say_where_results_go(args: argparse.Namespace) -> None:
+    """Once, on stderr: the MLflow store a command uses when MLflow's own
+    ``MLFLOW_TRACKING_URI`` chose it (no --tracking-uri given)."""
+    env = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
+    if env and hasattr(args, "tracking_uri") and args.tracking_uri is None:
+        print(f"MLflow: {env} (from MLFLOW_TRACKING_URI)", file=sys.stderr)
 
 
 def _from_mlflow(exc: BaseException) -> bool:

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from autoprune.cli.train import positive_int
+from autoprune.cli.train import TRACKING_HELP, positive_int
 from autoprune.errors import UserError
 
 DEFAULT_BATCH = 128
@@ -28,7 +28,7 @@ def add_commands(sub: Any, command: Callable[[str], Callable[..., Any]]) -> None
                    help="timed runs per latency, after 5 warm-up runs (default: 30)")
     p.add_argument("--input-shape", metavar="C,H,W",
                    help="one input's shape, for a model file that records none")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///runs/mlflow.db)")
+    p.add_argument("--tracking-uri", help=TRACKING_HELP)
     p.add_argument("--trust", action="append", default=[], metavar="MODULE",
                    help="a module (or .py file) of your own network and dataset factory that "
                         "may be imported to rebuild it (repeatable); a model file never "

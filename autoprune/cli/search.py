@@ -14,6 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from autoprune.cli.train import TRACKING_HELP
+from autoprune.commands import program
 from autoprune.errors import UserError
 
 SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
@@ -26,7 +28,7 @@ def add_commands(sub: Any, command: Callable[[str], Callable[..., Any]]) -> None
     p.add_argument("--name", help="search name = MLflow experiment (default: the file's name)")
     p.add_argument("--num-samples", type=int, help="trials to run (default: from the space)")
     p.add_argument("--address", help="join a Ray cluster: auto, host:port or ray://host:port")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///runs/mlflow.db)")
+    p.add_argument("--tracking-uri", help=TRACKING_HELP)
     p.add_argument("--storage-path", help="Ray results, shared by all nodes (default: runs/ray)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted search")
     p.add_argument("--sampler", help="nsga2 (default), tpe, random, gp or nsga3")
@@ -36,7 +38,7 @@ def add_commands(sub: Any, command: Callable[[str], Callable[..., Any]]) -> None
     p.add_argument("--scheduler", choices=("none", "moasha"),
                    help="multi-fidelity TrialScheduler: moasha = asynchronous multi-objective "
                         "successive halving (default: from the space, none; not advised: "
-                        "see README)")
+                        "see docs/explanations/schedules.md)")
     p.add_argument("--target", metavar="BOUNDS",
                    help='aim the search at one budget, e.g. "macs_ratio<=0.25" (also macs, '
                         "params, params_ratio, latency_ms; several joined with ',')")
@@ -55,7 +57,7 @@ def add_commands(sub: Any, command: Callable[[str], Callable[..., Any]]) -> None
 
     p = sub.add_parser("pareto", help="print a search's Pareto front from MLflow")
     p.add_argument("--experiment", required=True, help="the search's name")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///runs/mlflow.db)")
+    p.add_argument("--tracking-uri", help=TRACKING_HELP)
     command("pareto")(_pareto)
 
     p = sub.add_parser("pick", help="the most accurate completed trial within a budget")
@@ -72,11 +74,15 @@ def add_commands(sub: Any, command: Callable[[str], Callable[..., Any]]) -> None
                    help="register the picked network as a new version of MLflow model NAME")
     p.add_argument("--alias", default="picked",
                    help="alias set on that version (default: picked): models:/NAME@picked")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///runs/mlflow.db)")
+    p.add_argument("--trust", action="append", default=[], metavar="MODULE",
+                   help="with --register: a module (or .py file) of your own network that may "
+                        "be imported to rebuild it, where the trial logged no MLflow model "
+                        "(repeatable); nothing is imported otherwise")
+    p.add_argument("--tracking-uri", help=TRACKING_HELP)
     command("pick")(_pick)
 
     p = sub.add_parser("ui", help="open the MLflow UI on the search results")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///runs/mlflow.db)")
+    p.add_argument("--tracking-uri", help=TRACKING_HELP)
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: local)")
     p.add_argument("--port", type=int, default=5000)
     command("ui")(_ui)
@@ -149,9 +155,9 @@ def _search(args: argparse.Namespace) -> int:
         print(f"\nopen the results: {outcome.tracking_uri.rstrip('/')}/#/experiments/"
               f"{experiment_id}?workflowType=machine_learning")
     else:
-        print(f"\nopen the results: autoprune ui{uri}")
+        print(f"\nopen the results: {program()} ui{uri}")
     if outcome.interrupted:
-        print(f"interrupted: continue it with: autoprune search {args.space} "
+        print(f"interrupted: continue it with: {program()} search {args.space} "
               f"--name {outcome.name} --resume (and the same --tracking-uri/--storage-path)",
               flush=True)
         return 130
@@ -236,7 +242,8 @@ def _pick(args: argparse.Namespace) -> int:
                    for k in ("accuracy", "val_accuracy", "test_accuracy", "macs", "macs_ratio")
                    if isinstance(row.get(k), (int, float))}}
         registered = register(record.lookup.client, resolve_tracking_uri(args.tracking_uri),
-                              row["run_id"], args.register, args.alias, tags)
+                              row["run_id"], args.register, args.alias, tags,
+                              tuple(args.trust))
     out["budget"] = budget.describe()
     print(json.dumps({**out, "config": config, "config_file": args.out,
                       **({"registered": registered} if registered else {})}, indent=2))

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from autoprune.errors import UserError
+
+TRACKING_ENV = "MLFLOW_TRACKING_URI"
+TRACKING_HELP = ("MLflow tracking URI (default: $MLFLOW_TRACKING_URI where set, else "
+                 "sqlite:///runs/mlflow.db)")
 
 
 def add_commands(sub: Any, command: Callable[[str], Callable[..., Any]]) -> None:
@@ -25,8 +30,9 @@ def add_commands(sub: Any, command: Callable[[str], Callable[..., Any]]) -> None
     p.add_argument("--train-subset", type=positive_int, metavar="N",
                    help="train on N samples of the training split (drawn with the seed)")
     p.add_argument("--tracking-uri", metavar="URI",
-                   help="also log the run to MLflow (sqlite:///PATH or http://HOST:PORT): "
-                        "params, curves, artifacts and the network as an MLflow model")
+                   help="also log the run to MLflow (sqlite:///PATH or http://HOST:PORT; "
+                        "default: $MLFLOW_TRACKING_URI where set, else no logging): params, "
+                        "curves, artifacts and the network as an MLflow model")
     p.add_argument("--experiment", default="train",
                    help="MLflow experiment of the run (with --tracking-uri; default: train)")
 
@@ -46,7 +52,8 @@ def _train(args: argparse.Namespace) -> int:
     config = parse_train_config(at_budget(load_yaml(args.config), args.epochs,
                                           args.train_subset))
     uri = None
-    if args.tracking_uri is not None:  # checked before training, not after
+    if args.tracking_uri is not None or os.environ.get(TRACKING_ENV, "").strip():
+        # checked before training, not after
         from autoprune.search.store import check_server, resolve_tracking_uri
 
         uri = resolve_tracking_uri(args.tracking_uri)

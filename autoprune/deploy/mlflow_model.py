@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import importlib.metadata
 import io
+import os
 import re
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, redirect_stderr
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,6 +25,7 @@ import torch
 from torch import nn
 
 from autoprune.errors import UserError
+from autoprune.search.store import TRACKING_ENV
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -47,7 +49,10 @@ def tracking(uri: str, experiment_id: str | None = None) -> Iterator[None]:
 
     ``mlflow.pytorch.log_model(run_id=...)`` creates the logged model in the *active*
     experiment, not the run's: the run's experiment is made active meanwhile. The previous
-    globals are put back as they were (unset included), which MLflow's setters cannot do.
+    globals are put back as they were (unset included), which MLflow's setters cannot do,
+    and so is ``MLFLOW_TRACKING_URI``, which MLflow's setter exports for subprocesses: left
+    set, it would choose the store of every later command in this process (and of the Ray
+    workers it starts).
     """
     import mlflow
     from mlflow.tracking import fluent
@@ -55,6 +60,7 @@ def tracking(uri: str, experiment_id: str | None = None) -> Iterator[None]:
 
     before = (getattr(utils, "_tracking_uri", None), getattr(fluent, "_active_experiment_id",
                                                               None))
+    env_before = os.environ.get(TRACKING_ENV)
     mlflow.set_tracking_uri(uri)
     if experiment_id is not None:
         fluent._active_experiment_id = experiment_id  # type: ignore[assignment]
@@ -62,6 +68,10 @@ def tracking(uri: str, experiment_id: str | None = None) -> Iterator[None]:
         yield
     finally:
         utils._tracking_uri, fluent._active_experiment_id = before
+        if env_before is None:
+            os.environ.pop(TRACKING_ENV, None)
+        else:
+            os.environ[TRACKING_ENV] = env_before
 
 
 def log_network(uri: str, run_id: str, model: nn.Module,
@@ -87,11 +97,12 @@ def log_network(uri: str, run_id: str, model: nn.Module,
     return model_uri
 
 
-def log_model_file(uri: str, run_id: str, model_file: Path) -> str:
-    """Log the network in autoprune's ``model.pt`` as run ``run_id``'s MLflow model."""
+def log_model_file(uri: str, run_id: str, model_file: Path, trust: Sequence[str] = ()) -> str:
+    """Log the network in autoprune's ``model.pt`` as run ``run_id``'s MLflow model
+    (``trust``: the modules that may rebuild the user's own network, as for ``load_model``)."""
     from autoprune.surgery.serialize import load_model
 
-    model = load_model(model_file)
+    model = load_model(model_file, trust=trust)
     shape = getattr(model, "autoprune_input_shape", None)
     if not shape:
         raise UserError(f"{model_file} does not record its input shape (written by an "
@@ -111,9 +122,10 @@ def logged_model_uri(client: MlflowClient, run_id: str) -> str | None:
     return f"models:/{models[0].model_id}" if models else None
 
 
-def ensure_logged(client: MlflowClient, uri: str, run_id: str) -> str:
+def ensure_logged(client: MlflowClient, uri: str, run_id: str, trust: Sequence[str] = ()) -> str:
     """Run ``run_id``'s network as an MLflow model, logged now from its ``model.pt``
-    artifact when the search could not (an older search, a server that was away)."""
+    artifact when the search could not (an older search, a server that was away; the user's
+    own network is rebuilt for that only from a module in ``trust``)."""
     found = logged_model_uri(client, run_id)
     if found:
         return found
@@ -122,11 +134,11 @@ def ensure_logged(client: MlflowClient, uri: str, run_id: str) -> str:
             path = client.download_artifacts(run_id, "model.pt", folder)
         except Exception as exc:  # noqa: BLE001 - any store error means: not there
             raise UserError(f"run {run_id} has no model.pt artifact ({exc})") from None
-        return log_model_file(uri, run_id, Path(path))
+        return log_model_file(uri, run_id, Path(path), trust)
 
 
 def register(client: MlflowClient, uri: str, run_id: str, name: str, alias: str,
-             tags: Mapping[str, str]) -> dict[str, Any]:
+             tags: Mapping[str, str], trust: Sequence[str] = ()) -> dict[str, Any]:
     """Register run ``run_id``'s network as a new version of ``name`` and point ``alias``
     at it. Returns the version, alias and ``models:/NAME@alias`` URI."""
     import mlflow
@@ -136,7 +148,7 @@ def register(client: MlflowClient, uri: str, run_id: str, name: str, alias: str,
     if re.fullmatch(r"v\d+|latest", alias, flags=re.IGNORECASE):
         raise UserError(f"--alias {alias!r} is reserved by MLflow (v<N>, latest): choose "
                         "another, e.g. picked")
-    source = ensure_logged(client, uri, run_id)
+    source = ensure_logged(client, uri, run_id, trust)
     with tracking(uri), redirect_stderr(io.StringIO()):  # MLflow prints what we return
         version = mlflow.register_model(source, name, tags=dict(tags))
     client.set_registered_model_alias(name, alias, version.version)

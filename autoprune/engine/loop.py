@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from autoprune.engine.hardware import (
     resolve_precision,
 )
 from autoprune.engine.optim import build_optimizer, lr_at, set_lr
+from autoprune.engine.schedule_plot import SCHEDULE_PNG, write_schedule_png
 from autoprune.errors import ConfigError, UserError
 from autoprune.methods import create_method
 from autoprune.methods.support import check_method_fits
@@ -109,6 +111,8 @@ def train(
         if config.is_reference:  # the user's network: measured now, not by the registry
             check_method_fits(ctx.model, ctx.example_input, config.method, method.requires)
     method.setup(ctx)
+    initial = {"macs": ctx.macs, "params": ctx.params,
+               "widths": ctx.widths() if ctx.prunable else {}}  # what epoch 1 starts from
     groups = getattr(method, "param_groups", lambda m: None)(ctx.model)
     ctx.optimizer = build_optimizer(groups or [{"params": list(ctx.model.parameters())}], tc)
 
@@ -145,6 +149,7 @@ def train(
             "macs": ctx.macs, "params": ctx.params,
             "train_flops": train_flops + ctx.extra_flops,
             "time_s": t1 - t0, "method_time_s": t2 - t1, "eval_time_s": time.perf_counter() - t2,
+            "widths": ctx.widths() if ctx.prunable else {},
             **event,
         }
         history.append(record)
@@ -180,6 +185,7 @@ def train(
                                      ctx.compiled_steps if ctx.compile else None),
         "widths": ctx.widths() if ctx.prunable else {},
         "final": final_event,
+        "initial": initial,
         "epochs": history,
         "config": config.to_dict(),
         "schedule": {
@@ -190,7 +196,17 @@ def train(
         "model_file": "model.pt",
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=_json_default))
+    _draw_schedule(summary, out / SCHEDULE_PNG)
     return summary
+
+
+def _draw_schedule(summary: dict[str, Any], path: Path) -> None:
+    """``schedule.png`` beside the summary; a picture that cannot be drawn never fails a
+    finished training (the run says why, and ``summary.json`` holds the same data)."""
+    try:
+        write_schedule_png(summary, path)
+    except Exception as exc:  # noqa: BLE001 - see the docstring
+        warnings.warn(f"schedule.png not drawn: {type(exc).__name__}: {exc}", stacklevel=2)
 
 
 def _train_epoch(

@@ -3,7 +3,8 @@
 Unit gates (one theta per channel of a channel group, with a 0/1 ``fixed`` mask: a fixed
 gate is 1) and branch gates (one theta per identity residual branch). In training, every
 forward pass draws one sample per gate, shared by all the layers a gate scales; at
-evaluation a gate is ``[theta >= 0.5]``, which is the network ``on_train_end`` keeps.
+evaluation a gate is ``[theta >= 0.5]``, except that a group shows at least its floor
+(``floors``, default one channel) of strongest channels: the network ``on_train_end`` keeps.
 Samples come from the bank's own generator (saved in checkpoints), so that measurement
 passes on copies of the model do not disturb the run's random stream.
 
@@ -43,6 +44,8 @@ class BernoulliGates(GateBank):
         self.active = True
         """False during the warm-up epochs: every gate is 1 and its theta idle."""
         self._samples: dict[tuple[str, str], torch.Tensor] = {}
+        self.floors: dict[str, int] = {}
+        """Channels a unit group keeps at least (set by the method; default 1)."""
 
     def probabilities(self, kind: str, key: str) -> torch.Tensor | None:
         theta = self.get(kind, key)
@@ -56,10 +59,19 @@ class BernoulliGates(GateBank):
         if p is None or not self.active:
             return None
         if not self.training:
-            return (p.detach() >= 0.5).to(p.dtype)
+            return self._deterministic(kind, key, p.detach())
         z = self._samples.get((kind, key))
         if z is None:  # one sample per forward pass, shared by all layers of the structure
             z = self._samples[(kind, key)] = self._sample(p)
+        return z
+
+    def _deterministic(self, kind: str, key: str, p: torch.Tensor) -> torch.Tensor:
+        """``[theta >= 0.5]``, a unit group's strongest ``floors[key]`` channels always on."""
+        z = (p >= 0.5).to(p.dtype)
+        if kind == UNIT:
+            floor = min(p.numel(), self.floors.get(key, 1))
+            if int(z.sum()) < floor:
+                z[p.topk(floor).indices] = 1.0
         return z
 
     def new_forward(self) -> None:

@@ -93,16 +93,5 @@ def plan_cut(
     return [*base, best]
 
 
-def largest_prefix_above(
-    order: Sequence[Candidate], ratios: Ratios, targets: tuple[float, float]
-) -> int:
-    """Largest k such that removing ``order[:k]`` keeps both ratios at or above target."""
-    def below(c: Sequence[Candidate]) -> bool:
-        m, p = ratios(c)
-        return m < targets[0] or p < targets[1]
-
-    return max(0, shortest_prefix(order, below) - (1 if below(order) else 0))
-
-
 def _slack(ratios: tuple[float, float], targets: tuple[float, float]) -> float:
     return min(targets[0] - ratios[0], targets[1] - ratios[1])

@@ -21,7 +21,7 @@ Two rules decide which layers a due resize touches (``rule``):
   channel's pre-activation, so about half of any live channel's outputs are positive, the
   density is ~0.5 in every layer at every resize, and each resize halves the network again
   down to ``min_channels`` (ResNet-20 on Fashion-MNIST: 95x fewer parameters, -20 points;
-  README, "Every method on one task").
+  docs/benchmarks/seed-methods.md).
 - ``settle`` (default): the paper's plateau reading per layer. A layer is resized at its
   first due resize; at a later one only if its density fell by at least ``min_drop``
   since its last resize; otherwise it has found its size and is settled for good. A

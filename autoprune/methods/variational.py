@@ -42,17 +42,22 @@ Choices left open (the method section was not available to us in full):
   defend drift shut, which would prune "for free".)
 - ``start_epoch``: the epochs before it train the dense network (gates at 1, thetas idle).
   From its end on, after each epoch: theta < ``prune_threshold`` removes the structure
-  (channels cut, a branch replaced by the identity; at least one channel per group stays,
-  its gate fixed at 1);
+  (channels cut, a branch replaced by the identity); no group goes below its floor
+  (``min_width`` of its dense width, at least one channel; the strongest channels stay,
+  their gates fixed at 1);
   theta > 1 - ``prune_threshold`` fixes the gate at 1 (it no longer samples; a group or
   branch whose gates are all fixed loses them). At the end, every structure with
-  theta < 0.5 is removed and all gates go: the result is a plain deterministic network.
+  theta < 0.5 is removed (again down to the floor at most) and all gates go: the result is
+  a plain deterministic network. Evaluation while training sees that same network: a group
+  whose gates all sit below 0.5 (say in (prune_threshold, 0.5), still sampled in training)
+  shows its floor's strongest channels, not a zeroed group.
 - While training, the gates' own parameters (one per channel and branch) are part of the
   counted ``params``; they disappear with the gates.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -102,6 +107,10 @@ class VariationalParams(ChannelParams):
     estimator: Literal["straight_through", "concrete"] = "straight_through"
     temperature: float = bounded(0.5, 0.0, 100.0, low_open=True)
     """Of the concrete relaxation."""
+    min_width: float = bounded(0.1, 0.0, 1.0)
+    """Floor of every channel group, residual streams included: no removal takes a group
+    below this fraction of its dense width (rounded up, at least one channel). The channels
+    that hold a group at its floor have their gates fixed at 1."""
     start_epoch: int = epoch_field(1, "from")
     """Gates act from this epoch on (before it: dense warm-up, every gate 1, thetas idle);
     structures are removed or fixed at the end of this epoch and later ones."""
@@ -168,7 +177,13 @@ class Variational(PruningMethod):
         tails = branch_tails(ctx.model, ctx.example_input, gated)
         targets += [(tail, LAYER, block) for block, tail in tails.items()]
         self.hooks.attach(ctx.model, bank, targets)
+        bank.floors = {k: self._floor(ctx, k) for k in bank.keys(UNIT)}
         self.stale = False
+
+    def _floor(self, ctx: TrainContext, key: str) -> int:
+        """Channels group ``key`` keeps at least: ``min_width`` of its dense width."""
+        dense = ctx.dense_widths.get(key) or ctx.groups()[key].width
+        return max(1, math.ceil(self.params.min_width * dense - 1e-9))
 
     def _bank(self) -> BernoulliGates:
         assert self.bank is not None, "variational: setup() was not called"
@@ -303,11 +318,13 @@ class Variational(PruningMethod):
             fixed = bank.get(FIXED, key)
             assert fixed is not None
             drop = (theta.detach() < below) & (fixed <= 0)
-            if bool(drop.all()):  # a group keeps one channel, and it is on for good: else
-                best = int(theta.detach().argmax())  # evaluation (z = [theta >= 0.5])
-                drop[best] = False  # would see a network the final one is not
+            short = self._floor(ctx, key) - (theta.numel() - int(drop.sum()))
+            if short > 0:  # the group stays at its floor, with the strongest of the doomed
+                score = torch.where(drop, theta.detach(), torch.full_like(theta, -1.0))
+                spared = score.topk(short).indices  # channels, on for good: else evaluation
+                drop[spared] = False  # (z = [theta >= 0.5]) would see another network
                 with torch.no_grad():
-                    theta[best], fixed[best] = 1.0, 1.0
+                    theta[spared], fixed[spared] = 1.0, 1.0
             if bool(drop.any()):
                 plan[key] = drop.nonzero().flatten().tolist()
         plan = ctx.executable_plan(plan)  # round_to and grouped convs may spare some

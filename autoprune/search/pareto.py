@@ -169,46 +169,70 @@ def write_png(
 
 
 def write_html(
-    rows: Sequence[Row], front_rows: Sequence[Row], x: str, y: str, path: Path, title: str = ""
+    rows: Sequence[Row], front_rows: Sequence[Row], x: str, y: str, path: Path, title: str = "",
+    run_url: str = "",
 ) -> Path:
-    """Interactive plotly scatter, self-contained (plotly.js inlined: works offline)."""
+    """Interactive plotly scatter, self-contained (plotly.js inlined: works offline).
+
+    Hovering a point shows the trial's method, its method parameters and its metrics;
+    with ``run_url`` (the start of an MLflow UI's run page, to which the run id is
+    appended), clicking a point opens that trial's run in a new tab."""
     import plotly.graph_objects as go
 
     def hover(r: Row) -> str:
-        keys = ("method", "trial_id", "val_accuracy", "test_accuracy", "macs", "params",
-                "train_flops", "run_id")
-        return "<br>".join(f"{k}: {_fmt(r.get(k))}" for k in keys if r.get(k) is not None)
+        lines = [f"<b>{r.get('method', '')}</b>"]
+        lines += [f"{k}: {_fmt(v)}" for k, v in sorted((r.get("method_params") or {}).items())]
+        keys = ("trial_id", "val_accuracy", "test_accuracy", "macs", "params", "train_flops",
+                "run_id")
+        lines += [f"{k}: {_fmt(r.get(k))}" for k in keys if r.get(k) is not None]
+        if run_url and r.get("run_id"):
+            lines.append("<i>click: open the run in MLflow</i>")
+        return "<br>".join(lines)
+
+    def links(chosen: Sequence[Row]) -> list[str]:
+        return [f"{run_url}{r['run_id']}" if run_url and r.get("run_id") else ""
+                for r in chosen]
 
     fig = go.Figure()
     fig.add_trace(go.Scatter(
         x=[r.get(x) for r in rows], y=[r.get(y) for r in rows], mode="markers",
         name="completed trials", marker={"color": "gray"}, text=[hover(r) for r in rows],
-        hoverinfo="text"))
+        customdata=links(rows), hoverinfo="text"))
     fig.add_trace(go.Scatter(
         x=[r.get(x) for r in front_rows], y=[r.get(y) for r in front_rows],
         mode="lines+markers", line={"shape": "hv", "color": "crimson"}, name="Pareto front",
-        text=[hover(r) for r in front_rows], hoverinfo="text"))
+        text=[hover(r) for r in front_rows], customdata=links(front_rows), hoverinfo="text"))
     y_title = "validation accuracy" if y == "accuracy" else y
     fig.update_layout(title=title or f"{y} vs {x}", xaxis_title=x, yaxis_title=y_title,
                       template="plotly_white")
     if x in ("macs", "params", "train_flops"):
         fig.update_xaxes(type="log")
-    fig.write_html(str(path), include_plotlyjs=True, full_html=True)
+    fig.write_html(str(path), include_plotlyjs=True, full_html=True, post_script=OPEN_ON_CLICK)
     return path
+
+
+OPEN_ON_CLICK = """
+document.getElementById('{plot_id}').on('plotly_click', function (event) {
+  var url = event.points.length ? event.points[0].customdata : '';
+  if (url) { window.open(url, '_blank', 'noopener'); }
+});
+"""
+"""A point's ``customdata`` is its run's page: clicking opens it (plotly's ``post_script``)."""
 
 
 def write_all(
     rows: Sequence[Row], objectives: Sequence[str], modes: Sequence[str], folder: Path,
-    title: str = "",
+    title: str = "", run_url: str = "",
 ) -> list[Path]:
-    """``pareto.csv``, ``pareto.png`` and ``pareto.html`` for ``rows`` into ``folder``."""
+    """``pareto.csv``, ``pareto.png`` and ``pareto.html`` for ``rows`` into ``folder``
+    (``run_url``: see :func:`write_html`)."""
     front_rows = front(rows, objectives, modes)
     y = objectives[0]
     x = objectives[1] if len(objectives) > 1 else "macs"
     return [
         write_csv(front_rows, folder / "pareto.csv"),
         write_png(rows, front_rows, x, y, folder / "pareto.png", title),
-        write_html(rows, front_rows, x, y, folder / "pareto.html", title),
+        write_html(rows, front_rows, x, y, folder / "pareto.html", title, run_url),
     ]
 
 

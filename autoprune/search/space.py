@@ -27,6 +27,7 @@ from autoprune.config import (
     load_yaml,
 )
 from autoprune.errors import ConfigError
+from autoprune.references import is_reference, normalise
 from autoprune.search.fidelity import SchedulerSettings, TwoStage, parse_two_stage
 from autoprune.search.space_checks import (
     OBJECTIVES,
@@ -281,6 +282,14 @@ def _parse_fixed(fixed: Mapping[str, Any]) -> dict[str, Any]:
         out["dataset"] = {"name": out["dataset"]}
     if "model" not in out:
         raise ConfigError("missing required key 'fixed.model'")
+    # a file reference made absolute here, where the space file is known: a trial on
+    # another node (or in Ray's working folder) reads the same path, or its shipped copy
+    if is_reference(out["model"]):
+        out["model"] = normalise(out["model"], "fixed.model")
+    dataset = out.get("dataset")
+    if isinstance(dataset, Mapping) and is_reference(dataset.get("factory")):
+        out["dataset"] = {**dataset,
+                          "factory": normalise(dataset["factory"], "fixed.dataset.factory")}
     return out
 
 

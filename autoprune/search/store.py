@@ -31,18 +31,25 @@ ROW_METRICS = ("accuracy", "macs", "params", "train_flops", "latency_ms", "macs_
                "test_accuracy", "epochs", "trial_train_flops")
 
 
+TRACKING_ENV = "MLFLOW_TRACKING_URI"
+"""MLflow's own variable: where results go when no --tracking-uri is given."""
 TRACKING_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks",
                     "file")
 
 
 def resolve_tracking_uri(uri: str | None) -> str:
-    """``None`` -> ``sqlite:///<cwd>/runs/mlflow.db``; relative SQLite paths made absolute.
-    A scheme MLflow cannot track to is a UserError naming the ones it can."""
+    """Where results go, as MLflow itself decides it: ``uri`` (the --tracking-uri flag),
+    else the ``MLFLOW_TRACKING_URI`` environment variable, else the embedded default
+    ``sqlite:///<cwd>/runs/mlflow.db``. Relative SQLite paths are made absolute; a scheme
+    MLflow cannot track to is a UserError naming the ones it can."""
+    where = "--tracking-uri"
+    if uri is None and os.environ.get(TRACKING_ENV, "").strip():
+        uri, where = os.environ[TRACKING_ENV].strip(), TRACKING_ENV
     if uri is None:
         return f"sqlite:///{DEFAULT_DB.resolve()}"
     scheme = uri.split("://", 1)[0].split("+", 1)[0].lower() if "://" in uri else ""
     if scheme not in TRACKING_SCHEMES:
-        raise UserError(f"--tracking-uri {uri!r}: not a tracking store MLflow supports (use "
+        raise UserError(f"{where} {uri!r}: not a tracking store MLflow supports (use "
                         "sqlite:///PATH, http(s)://HOST:PORT of an MLflow server, or a "
                         "postgresql://, mysql:// or mssql:// database URL)")
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
@@ -147,6 +154,8 @@ def run_row(run: Run) -> dict[str, Any]:
         "fidelity": tags.get(FIDELITY, "full"),
     }
     row.update({key: metrics[key] for key in ROW_METRICS if key in metrics})
+    row["method_params"] = {k.split(".", 1)[1]: v for k, v in run.data.params.items()
+                            if k.startswith("method_params.")}
     if "test_accuracy" not in metrics and "accuracy" in metrics and tags.get(
             FIDELITY, "full") == "full":
         row["legacy"] = "val_accuracy" if "val_accuracy" in metrics else "test_accuracy"
@@ -155,6 +164,14 @@ def run_row(run: Run) -> dict[str, Any]:
     elif "val_accuracy" not in row and "accuracy" in metrics:
         row["val_accuracy"] = metrics["accuracy"]
     return row
+
+
+def run_page_prefix(uri: str, experiment_id: str) -> str:
+    """Where a run of this experiment opens in the MLflow UI, up to its run id: the
+    server's own pages for an ``http(s)://`` tracking URI, otherwise the UI that
+    ``autoprune ui`` serves on this machine (127.0.0.1:5000)."""
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    return f"{base}/#/experiments/{experiment_id}/runs/"
 
 
 def completed_rows(lookup: RunLookup, runs: list[Run] | None = None,
@@ -237,4 +254,4 @@ def load_search(uri: str | None, name: str) -> SearchRecord:
 
 __all__ = ["RunLookup", "SearchRecord", "artifact_location", "check_server", "completed_rows",
            "get_or_create_experiment", "load_search", "open_client", "resolve_tracking_uri",
-           "run_row", "search_compute"]
+           "run_row", "search_compute", "run_page_prefix"]

@@ -3,8 +3,8 @@
 Every epoch is reported to Ray with a checkpoint holding the engine's ``checkpoint.pt``,
 so that a trial that fails (or a search that is resumed) continues from its last epoch in
 its pruned shape. The final report carries the final objectives (``accuracy`` = test
-accuracy) and a checkpoint with ``model.pt``, ``summary.json`` and the train config YAML,
-which the driver logs to MLflow even when the trial ran on another node.
+accuracy) and a checkpoint with ``model.pt``, ``summary.json``, ``schedule.png`` and the
+train config YAML, which the driver logs to MLflow even when the trial ran on another node.
 
 With a multi-fidelity TrialScheduler a trial runs *rungs*: complete trainings of its
 schedule rescaled to fewer epochs (``min_epochs``, ``min_epochs * eta``, ...), each in a
@@ -53,7 +53,10 @@ SUMMARY_FILE = "summary.json"
 MODEL_FILE = "model.pt"
 CHECKPOINT_FILE = "checkpoint.pt"
 STATE_FILE = "trial_state.json"
-FINAL_FILES = [MODEL_FILE, SUMMARY_FILE, CONFIG_FILE, STATE_FILE]
+SCHEDULE_FILE = "schedule.png"
+FINAL_FILES = [MODEL_FILE, SUMMARY_FILE, CONFIG_FILE, STATE_FILE, SCHEDULE_FILE]
+OPTIONAL_FILES = {SCHEDULE_FILE}
+"""Staged when present: a trial checkpointed before pictures were drawn has none."""
 
 
 def run_trial(config: dict[str, Any], fixed: Mapping[str, Any],
@@ -278,6 +281,8 @@ def staged_checkpoint(folder: Path, names: list[str]) -> Iterator[Any]:
     staging.mkdir()
     try:
         for name in names:
+            if name in OPTIONAL_FILES and not (folder / name).is_file():
+                continue
             shutil.copy2(folder / name, staging / name)
         yield tune.Checkpoint.from_directory(str(staging))
     finally:

@@ -32,6 +32,7 @@ from autoprune.search.store import (
     RunLookup,
 )
 from autoprune.search.trainable import EPOCH_KEYS, FINAL_EXTRA_KEYS, MODEL_FILE, OBJECTIVE_KEYS
+from autoprune.tracking.batch import log_in_batches
 
 FINAL_PROGRESS_KEYS = ("epochs", "rung", "trial_train_flops")
 
@@ -81,7 +82,7 @@ class TrialLog:
         from mlflow.entities import Param
 
         params = schedule_params(flat_config, fixed)
-        client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in params.items()])
+        log_in_batches(client, run.info.run_id, params=[Param(k, v) for k, v in params.items()])
         return cls(client, run.info.run_id, "running", 0)
 
     @property
@@ -179,8 +180,7 @@ class TrialLog:
         self._last_ms = stamp
         metrics = [Metric(k, float(v), stamp, step) for k, v in values.items()
                    if isinstance(v, (int, float)) and math.isfinite(float(v))]
-        if metrics:
-            self.client.log_batch(self.run_id, metrics=metrics)
+        log_in_batches(self.client, self.run_id, metrics=metrics)  # one call an epoch
 
 
 def trial_outcome(result: Mapping[str, Any]) -> str:

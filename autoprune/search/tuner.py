@@ -89,6 +89,10 @@ def run_search(request: SearchRequest) -> SearchOutcome:
 
     check_start(request)
     space = request.space
+    if not request.resume:
+        from autoprune.search.preflight import check_network
+
+        check_network(space)  # the user's own network takes every searched method
     two_stage = space.fidelity.enabled
     replay_path = request.experiment_path + REPLAY_SUFFIX
     with ray_session(request.address):

@@ -170,7 +170,7 @@ def _rebuild(build: dict[str, Any], path: Path, trust: list[str],
         root = parse_reference(ref, "model").root
         raise UserError(f"{path} holds a network built by {ref!r}, code autoprune does not "
                         f"import unless you allow it: load_model(path, trust=[{root!r}]) "
-                        f"(autoprune export --trust {root}) or load_model(path, "
+                        f"(commands: --trust {root}) or load_model(path, "
                         "factory=<the builder>)")
     with torch.device("cpu"):
         return build_user_model(ref, dict(build.get("kwargs") or {}), int(build["num_classes"]),

@@ -26,10 +26,12 @@ from autoprune.search.store import (
     completed_rows,
     get_or_create_experiment,
     open_client,
+    run_page_prefix,
     search_compute,
 )
 from autoprune.search.target import Target
 from autoprune.search.trial_log import TrialLog
+from autoprune.tracking.batch import log_in_batches
 from autoprune.tracking.spool import finish, replay, replay_if_due, resilient
 
 SEARCH_STATUS = "autoprune.search_status"
@@ -154,19 +156,21 @@ class TrackingCallback(Callback):
         runs = RunLookup(self.client, self.experiment_id, self.parent_id).children()
         lookup = RunLookup(self.client, self.experiment_id)
         rows = completed_rows(lookup, runs)
+        link = run_page_prefix(self.uri, str(self.experiment_id))  # pareto.html's clicks
         with tempfile.TemporaryDirectory(prefix="autoprune-pareto-") as folder:
             title = f"{self.name}: {len(rows)} completed trials"
-            pareto.write_all(rows, self.objectives, self.modes, Path(folder), title)
+            pareto.write_all(rows, self.objectives, self.modes, Path(folder), title, link)
             self.client.log_artifacts(self.parent_id, folder)
         if self.stage == "proxy":  # stage 1's front, apart: it never enters pareto.csv
             proxies = completed_rows(lookup, runs, fidelity="proxy")
             with tempfile.TemporaryDirectory(prefix="autoprune-pareto-") as folder:
                 title = f"{self.name}, stage 1: {len(proxies)} proxy trials"
-                pareto.write_all(proxies, self.objectives, self.modes, Path(folder), title)
+                pareto.write_all(proxies, self.objectives, self.modes, Path(folder), title,
+                                 link)
                 self.client.log_artifacts(self.parent_id, folder, "proxy")
         stamp, step = int(time.time() * 1000), len(runs)
         metrics = [Metric(k, v, stamp, step) for k, v in search_compute(runs).items()]
-        self.client.log_batch(self.parent_id, metrics=metrics)
+        log_in_batches(self.client, self.parent_id, metrics=metrics)
         self._front_dirty = False
         self._last_refresh = time.monotonic()
 
@@ -195,7 +199,7 @@ class TrackingCallback(Callback):
         from mlflow.entities import Param
 
         params = [Param(k, str(v)) for k, v in self.parent_params.items()]
-        self.client.log_batch(run_id, params=params)
+        log_in_batches(self.client, run_id, params=params)
         self.client.log_text(run_id, self.space_text, "search_space.yaml")
         return run_id
 

@@ -3,8 +3,8 @@
 The run (tag ``autoprune.role=train``) gets the resolved train config as params, each
 epoch's validation ``accuracy``, ``macs``, ``params`` and cumulative ``train_flops`` as
 metrics (step = epoch), the final values (``accuracy`` = test accuracy) at the last step,
-``model.pt``, ``summary.json`` and ``train_config.yaml`` as artifacts, and the network as
-its MLflow model (``runs:/<run_id>/model``), like a search's completed trial.
+``model.pt``, ``summary.json``, ``schedule.png`` and ``train_config.yaml`` as artifacts,
+and the network as its MLflow model (``runs:/<run_id>/model``), like a search's completed trial.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ def log_training(uri: str, experiment: str, out: Path, summary: Mapping[str, Any
     from autoprune.deploy.mlflow_model import log_model_file
     from autoprune.search.sampling import flatten
     from autoprune.search.store import METHOD, ROLE, get_or_create_experiment, open_client
+    from autoprune.tracking.batch import log_in_batches
 
     client = open_client(uri)
     experiment_id = get_or_create_experiment(client, uri, experiment)
@@ -45,15 +46,13 @@ def log_training(uri: str, experiment: str, out: Path, summary: Mapping[str, Any
     last = max((int(r["epoch"]) for r in summary.get("epochs", [])), default=0)
     metrics += [Metric(key, float(summary[key]), stamp + 1, last) for key in FINAL_KEYS
                 if isinstance(summary.get(key), (int, float))]
-    for i in range(0, len(params), 100):  # MLflow's batch limits
-        client.log_batch(run_id, params=params[i:i + 100])
-    for i in range(0, len(metrics), 1000):
-        client.log_batch(run_id, metrics=metrics[i:i + 1000])
+    log_in_batches(client, run_id, params=params, metrics=metrics)
     with tempfile.TemporaryDirectory(prefix="autoprune-train-") as folder:
         dump_yaml(config, Path(folder) / "train_config.yaml")
         client.log_artifact(run_id, str(Path(folder) / "train_config.yaml"))
-    for name in ("model.pt", "summary.json"):
-        client.log_artifact(run_id, str(out / name))
+    for name in ("model.pt", "summary.json", "schedule.png"):
+        if (out / name).is_file():  # schedule.png: drawn unless matplotlib failed
+            client.log_artifact(run_id, str(out / name))
     log_model_file(uri, run_id, out / "model.pt")
     client.set_terminated(run_id, "FINISHED")
     return str(run_id)
