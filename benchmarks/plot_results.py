@@ -32,6 +32,15 @@ def _plt() -> Any:
     return plt
 
 
+def _save(plt: Any, fig: Any, name: str) -> Path:
+    """Lay ``fig`` out, write it to ``results/NAME`` and free it."""
+    fig.tight_layout()
+    path = RESULTS / name
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def seed_methods_short() -> Path:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from seed_methods import plot
@@ -61,11 +70,7 @@ def round_to_latency() -> Path:
     ax.set_title("Widths in multiples of 8, at equal MACs (below 1: faster)")
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    path = RESULTS / "round_to_latency.png"
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, "round_to_latency.png")
 
 
 def pruned_training_speed() -> Path:
@@ -90,11 +95,7 @@ def pruned_training_speed() -> Path:
     ax.set_title("Pruned training steps on this CPU")
     ax.legend(fontsize=6.5, loc="upper left")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = RESULTS / "pruned_training_speed.png"
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, "pruned_training_speed.png")
 
 
 def search_throughput() -> Path:
@@ -120,11 +121,7 @@ def search_throughput() -> Path:
     right.legend(fontsize=7)
     for ax in (left, right):
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = RESULTS / "search_throughput.png"
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, "search_throughput.png")
 
 
 def main() -> None:

@@ -64,7 +64,6 @@ import platform
 import random
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -359,23 +358,21 @@ def worker(args: argparse.Namespace) -> int:
 
 # --- the stores ----------------------------------------------------------------------------
 
+def tests_module(name: str) -> Any:
+    """A helper module of the tests (``tests/_processes.py``, ``tests/_postgres.py``): the
+    suite's own ways to find ports and to run PostgreSQL."""
+    folder = str(ROOT / "tests")
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    return __import__(name)
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return int(tests_module("_processes").free_port())
 
 
 def wait_port(port: int, timeout: float, proc: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"{proc.args} exited with {proc.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.3)
-    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
+    tests_module("_processes").wait_for_port(port, timeout, process=proc)
 
 
 class Stack:
@@ -413,25 +410,15 @@ class Postgres:
     127.0.0.1 only (as root: run as ``postgres``)."""
 
     def __init__(self, stack: Stack) -> None:
-        import glob
-
-        found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-        bindir = Path(found[-1]).parent if found else Path(shutil.which("initdb") or "x").parent
-        self.bindir, self.stack = bindir, stack
-        self.folder = Path(tempfile.mkdtemp(prefix="tracking-load-pg-"))
-        self.as_owner: list[str] = []
-        if os.getuid() == 0:
-            shutil.chown(self.folder, "postgres", "postgres")
-            self.as_owner = ["runuser", "-u", "postgres", "--"]
+        _postgres = tests_module("_postgres")  # the test fixture's way to run PostgreSQL
+        self.bindir, self.stack = _postgres.bindir(), stack
+        self.folder, as_owner = _postgres.owned_folder("tracking-load-pg-")
         self.port = free_port()
-        data = self.folder / "data"
-        subprocess.run([*self.as_owner, bindir / "initdb", "-D", data, "-U", "mlflow",
-                        "--auth=trust", "-E", "UTF8", "--no-sync"], check=True,
+        subprocess.run(_postgres.initdb_argv(as_owner, self.folder / "data"), check=True,
                        capture_output=True, timeout=300)
-        self.proc = stack.start("postgres", [
-            *self.as_owner, bindir / "postgres", "-D", data, "-p", self.port,
-            "-h", "127.0.0.1", "-k", self.folder, "-c", "max_connections=300",
-            "-c", "shared_buffers=256MB"])
+        self.proc = stack.start("postgres", _postgres.server_argv(
+            as_owner, self.folder, self.port,
+            {"max_connections": "300", "shared_buffers": "256MB"}))
         wait_port(self.port, 120, self.proc)
         time.sleep(1.0)
 

@@ -51,23 +51,43 @@ def _user_exists(name: str) -> bool:
         return False
 
 
+def owned_folder(prefix: str) -> tuple[Path, list[str]]:
+    """A new temporary folder for a cluster, and the prefix that runs PostgreSQL's programs
+    as its owner (as root: ``runuser -u postgres --``, the folder given to that user)."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    if os.getuid() != 0:
+        return folder, []
+    shutil.chown(folder, "postgres", "postgres")  # initdb and postgres refuse root
+    return folder, ["runuser", "-u", "postgres", "--"]
+
+
+def initdb_argv(as_owner: list[str], data: Path) -> list[object]:
+    """``initdb`` of a cluster with role ``mlflow`` and trust authentication."""
+    programs = bindir()
+    assert programs is not None, missing()
+    return [*as_owner, programs / "initdb", "-D", data, "-U", ROLE, "--auth=trust",
+            "-E", "UTF8", "--no-sync"]
+
+
+def server_argv(as_owner: list[str], folder: Path, port: int,
+                settings: dict[str, str]) -> list[object]:
+    """The server of the cluster in ``folder/data`` on 127.0.0.1:``port`` (its socket in
+    ``folder``), with ``settings`` (``-c name=value``)."""
+    programs = bindir()
+    assert programs is not None, missing()
+    extra = [arg for name, value in settings.items() for arg in ("-c", f"{name}={value}")]
+    return [*as_owner, programs / "postgres", "-D", folder / "data", "-p", str(port),
+            "-h", "127.0.0.1", "-k", folder, *extra]
+
+
 def start(procs: Processes, port: int) -> Path:
     """Start a cluster on 127.0.0.1:``port`` with role ``mlflow`` (trust); returns its
     folder (add it to the test's paths: its processes name it)."""
-    programs = bindir()
-    assert programs is not None, missing()
-    folder = Path(tempfile.mkdtemp(prefix="appg-", dir="/tmp"))
-    as_owner: list[str] = []
-    if os.getuid() == 0:  # initdb and postgres refuse root
-        shutil.chown(folder, "postgres", "postgres")
-        as_owner = ["runuser", "-u", "postgres", "--"]
+    folder, as_owner = owned_folder("appg-")
     procs.paths.append(str(folder))
-    data = folder / "data"
-    procs.run("postgres-initdb", [*as_owner, programs / "initdb", "-D", data, "-U", ROLE,
-                                  "--auth=trust", "-E", "UTF8", "--no-sync"], 180)
-    server = procs.start("postgres", [*as_owner, programs / "postgres", "-D", data,
-                                      "-p", str(port), "-h", "127.0.0.1", "-k", folder,
-                                      "-c", "fsync=off", "-c", "max_connections=200"])
+    procs.run("postgres-initdb", initdb_argv(as_owner, folder / "data"), 180)
+    server = procs.start("postgres", server_argv(as_owner, folder, port, {
+        "fsync": "off", "max_connections": "200"}))
     wait_for_port(port, 120, process=server.popen)
     return folder
 
