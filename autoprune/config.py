@@ -99,6 +99,14 @@ class TrainingConfig:
     """Train through ``torch.compile``, compiled again after every structural change: it
     pays when many steps pass between changes (docs: Benchmarks, Training speed)."""
     threads: int | None = None
+    workers: int = 1
+    """Data-parallel workers of the run (Ray Train, DDP): each trains on ``batch_size /
+    workers`` samples of every batch (``batch_size`` must be a multiple), with the same
+    lr; 1 is the plain single-process loop (docs: How-to, Data-parallel trials)."""
+    cpu_per_worker: float | None = None
+    """CPUs each worker reserves (and its torch threads; default: ``threads``, else 1)."""
+    gpu_per_worker: float | None = None
+    """GPUs each worker reserves (default: 1 where ``device`` is CUDA, else 0)."""
     label_smoothing: float = 0.0
     bn_recalibration_batches: int = 10
     """Training batches used to refresh batch-norm statistics after a structural change."""
@@ -129,6 +137,18 @@ class TrainingConfig:
             check_range("training.schedule_epochs", self.schedule_epochs, 1, 100_000)
         if self.threads is not None:
             check_range("training.threads", self.threads, 1, 1024)
+        check_range("training.workers", self.workers, 1, 4096)
+        if self.cpu_per_worker is not None:
+            check_range("training.cpu_per_worker", self.cpu_per_worker, 0.0, 1024.0,
+                        low_open=True)
+        if self.gpu_per_worker is not None:
+            check_range("training.gpu_per_worker", self.gpu_per_worker, 0.0, 64.0)
+        if self.batch_size % self.workers:
+            raise ConfigError(
+                f"training.batch_size ({self.batch_size}) must be a multiple of "
+                f"training.workers ({self.workers}): each worker takes batch_size / workers "
+                "samples of every batch"
+            )
         if not (self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:")):
             raise ConfigError(
                 f"training.device must be auto, cpu, cuda or cuda:N, not {self.device!r}"

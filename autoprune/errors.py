@@ -12,3 +12,7 @@ class UserError(Exception):
 
 class ConfigError(UserError):
     """A configuration key or value is wrong. The message names the key."""
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite: the run stops as failed, never as completed."""

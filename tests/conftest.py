@@ -18,7 +18,7 @@ os.environ.pop("MLFLOW_TRACKING_URI", None)
 # module started last would run alone at the end.
 LONGEST_FIRST = ("test_faults", "test_cluster_e2e", "test_search_moasha", "test_models",
                  "test_search_resume", "test_search_e2e", "test_custom_model_e2e",
-                 "test_faults_cluster",
+                 "test_ddp", "test_faults_cluster",
                  "test_method_contract", "test_bad_input", "test_deploy")
 
 

@@ -29,6 +29,10 @@ def add_commands(sub: Any, command: Callable[[str], Callable[..., Any]]) -> None
                         "parameter is rescaled, phases keep their order and proportions")
     p.add_argument("--train-subset", type=positive_int, metavar="N",
                    help="train on N samples of the training split (drawn with the seed)")
+    p.add_argument("--workers", type=positive_int, metavar="N",
+                   help="train data-parallel on N Ray Train workers (DDP; gloo on CPUs, NCCL "
+                        "on GPUs), each on batch_size / N samples of every batch "
+                        "(training.workers; default 1: this process)")
     p.add_argument("--tracking-uri", metavar="URI",
                    help="also log the run to MLflow (sqlite:///PATH or http://HOST:PORT; "
                         "default: $MLFLOW_TRACKING_URI where set, else no logging): params, "
@@ -49,8 +53,10 @@ def _train(args: argparse.Namespace) -> int:
     from autoprune.config import at_budget, load_yaml, parse_train_config
     from autoprune.engine import TrainingDiverged, train
 
-    config = parse_train_config(at_budget(load_yaml(args.config), args.epochs,
-                                          args.train_subset))
+    raw = at_budget(load_yaml(args.config), args.epochs, args.train_subset)
+    if args.workers is not None:
+        raw = {**raw, "training": {**dict(raw.get("training") or {}), "workers": args.workers}}
+    config = parse_train_config(raw)
     uri = None
     if args.tracking_uri is not None or os.environ.get(TRACKING_ENV, "").strip():
         # checked before training, not after

@@ -9,6 +9,11 @@ Two implementations of :class:`BatchSource`:
 
 Both derive every random number of a pass from ``(seed, epoch)``, so a resumed run that calls
 ``set_epoch(epoch)`` sees exactly the batches of the original run.
+
+On N data-parallel workers (:mod:`autoprune.engine.parallel`) each source is *sharded*
+(:meth:`TensorBatchSource.shard`): every worker draws the same global order, and takes its
+part of each global batch (training) or its contiguous part of the split (evaluation). See
+:func:`shard_positions`.
 """
 
 from __future__ import annotations
@@ -101,6 +106,45 @@ def random_crop(x: Tensor, generator: torch.Generator) -> Tensor:
     return random_crop_flip(x, generator, flip=False)
 
 
+def shard_positions(n: int, batch: int, rank: int, world: int, train: bool) -> Tensor:
+    """Positions (into a pass's order of ``n`` samples) that worker ``rank`` of ``world`` takes.
+
+    Training: every global batch of ``batch`` samples is split into ``world`` consecutive
+    parts (``batch`` is a multiple of ``world``, so ``batch // world`` each); a short last
+    batch is split as evenly as it goes (sizes differ by at most one), and dropped by every
+    worker when it has fewer samples than there are workers, so that all workers take the
+    same number of steps. Evaluation: one contiguous part of the split each, nothing dropped
+    (the workers' sums add up to the whole split)."""
+    if world == 1:
+        return torch.arange(n)
+    if not train:
+        return torch.arange(rank * n // world, (rank + 1) * n // world)
+    parts = []
+    for start in range(0, n, batch):
+        m = min(batch, n - start)
+        if m < world:
+            break
+        parts.append(torch.arange(start + rank * m // world, start + (rank + 1) * m // world))
+    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
+
+
+class _Shard:
+    """Which part of every pass this source yields (the whole of it on one worker)."""
+
+    rank, world, train = 0, 1, True
+
+    def shard(self, rank: int, world: int, train: bool) -> None:
+        """Yield only worker ``rank``'s part of every pass (:func:`shard_positions`)."""
+        self.rank, self.world, self.train = int(rank), int(world), bool(train)
+
+    @property
+    def rank_batch(self) -> int:
+        """Samples per full batch on this worker."""
+        return self.global_batch // self.world if self.train else self.global_batch
+
+    global_batch = 1
+
+
 class _EpochCounter:
     """Epoch bookkeeping shared by the sources: each pass uses the current epoch, then advances.
 
@@ -121,8 +165,9 @@ class _EpochCounter:
         return epoch
 
 
-class TensorBatchSource(_EpochCounter):
-    """Batches sliced from device-resident tensors; shuffled and augmented per ``(seed, epoch)``."""
+class TensorBatchSource(_EpochCounter, _Shard):
+    """Batches sliced from device-resident tensors; shuffled and augmented per ``(seed, epoch)``.
+    Sharded, a worker's augmentation draws come from ``(seed, rank, epoch)``."""
 
     def __init__(
         self,
@@ -144,17 +189,29 @@ class TensorBatchSource(_EpochCounter):
         self.augment = augment
         self.seed = seed
         self.num_samples = int(labels.shape[0])
+        self.global_batch = batch_size
 
     def __len__(self) -> int:
-        return (self.num_samples + self.batch_size - 1) // self.batch_size
+        n = self.num_samples if self.world == 1 else len(self._positions())
+        return (n + self.rank_batch - 1) // self.rank_batch
+
+    def _positions(self) -> Tensor:
+        return shard_positions(self.num_samples, self.batch_size, self.rank, self.world,
+                               self.train)
 
     def __iter__(self) -> Iterator[Batch]:
-        generator = epoch_generator(self.seed, self._take_epoch())
+        epoch = self._take_epoch()
+        generator = epoch_generator(self.seed, epoch)
         order = None
         if self.shuffle:
             order = torch.randperm(self.num_samples, generator=generator).to(self.images.device)
-        for start in range(0, self.num_samples, self.batch_size):
-            stop = start + self.batch_size
+        if self.world > 1:  # this worker's part; its own augmentation stream
+            mine = self._positions().to(self.images.device)
+            order = mine if order is None else order.index_select(0, mine)
+            generator = epoch_generator(mix_seed(self.seed, self.rank), epoch)
+        count = self.num_samples if order is None else int(order.numel())
+        for start in range(0, count, self.rank_batch):
+            stop = start + self.rank_batch
             if order is None:
                 x, y = self.images[start:stop], self.labels[start:stop]
             else:
@@ -165,24 +222,32 @@ class TensorBatchSource(_EpochCounter):
             yield self.normalizer(x), y
 
 
-class SeededSampler(Sampler[tuple[int, int]], _EpochCounter):
+class SeededSampler(Sampler[tuple[int, int]], _EpochCounter, _Shard):
     """Yields ``(index, sample_seed)`` keys: the order and each sample's augmentation seed follow
     ``(seed, epoch)``. Runs in the main process, so it works with persistent workers."""
 
     def __init__(self, indices: Tensor, *, shuffle: bool, seed: int) -> None:
         _EpochCounter.__init__(self)
+        self.global_batch = 1
         self.indices = indices
         self.shuffle = shuffle
         self.seed = seed
 
     def __len__(self) -> int:
-        return int(self.indices.numel())
+        n = int(self.indices.numel())
+        if self.world == 1:
+            return n
+        return int(shard_positions(n, self.global_batch, self.rank, self.world,
+                                   self.train).numel())
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         generator = epoch_generator(self.seed, self._take_epoch())
-        n = len(self)
+        n = int(self.indices.numel())
         order = torch.randperm(n, generator=generator) if self.shuffle else torch.arange(n)
-        seeds = torch.randint(0, 2**62, (n,), generator=generator)
+        seeds = torch.randint(0, 2**62, (n,), generator=generator)  # per sample: any worker
+        if self.world > 1:
+            mine = shard_positions(n, self.global_batch, self.rank, self.world, self.train)
+            order, seeds = order[mine], seeds[mine]
         yield from zip(self.indices[order].tolist(), seeds.tolist(), strict=True)
 
 
@@ -201,9 +266,21 @@ class LoaderBatchSource:
         self.normalizer = normalizer
         self.device = device
         self.num_samples = len(sampler)
+        self.sampler.global_batch = int(loader.batch_size or 1)
 
     def __len__(self) -> int:
         return len(self.loader) if self.num_samples else 0
+
+    def shard(self, rank: int, world: int, train: bool) -> None:
+        """Yield only worker ``rank``'s part of every pass (:func:`shard_positions`): the
+        sampler yields that part, and the loader batches it ``batch // world`` at a time."""
+        self.sampler.shard(rank, world, train)
+        old = self.loader
+        self.loader = DataLoader(
+            old.dataset, batch_size=self.sampler.rank_batch, sampler=self.sampler,
+            num_workers=old.num_workers, pin_memory=old.pin_memory,
+            persistent_workers=old.persistent_workers,
+        )
 
     def set_epoch(self, epoch: int) -> None:
         """Reseed the sampler (order and per-sample augmentation) for the next pass."""

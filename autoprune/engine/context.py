@@ -10,6 +10,7 @@ from torch import nn
 
 from autoprune.compute import StepCost, count_macs_params, measure_step_cost
 from autoprune.engine.hardware import apply_memory_format
+from autoprune.engine.parallel import Replicas
 from autoprune.surgery import (
     ChannelGroup,
     DependencyIndex,
@@ -36,8 +37,12 @@ class TrainContext:
         train_data: Any,
         epochs: int,
         device: torch.device,
+        replicas: Replicas | None = None,
     ) -> None:
         self.model = model
+        self.replicas = replicas or Replicas()
+        """The data-parallel workers of this run (one, by default): a training step runs
+        through :meth:`Replicas.wrap`, and every change is checked to be the same on all."""
         self.example_batch = example_batch
         self.example_input = example_batch[0][:1]
         self.train_data = train_data
@@ -66,6 +71,8 @@ class TrainContext:
         """Train through ``torch.compile`` (``training.compile``), compiled afresh after
         every structural change."""
         self._compiled: Any = None
+        self._step_module: nn.Module | None = None
+        """What a training step runs through (the network, or its DDP wrapper)."""
         self.compiled_steps = 0
         """Training steps that ran compiled (the others ran eagerly)."""
         self.recount()
@@ -102,6 +109,7 @@ class TrainContext:
         """Physically remove channels (group key -> channel indices); returns the count.
         With ``round_to`` > 1 the kept widths are rounded up to its multiples first."""
         plan = self.executable_plan(plan)
+        self.replicas.agree("remove_channels", plan)
         if not plan:
             return 0
         removed = remove_channels(
@@ -126,7 +134,8 @@ class TrainContext:
     def grow_channels(self, plan: Mapping[str, Sequence[int]], noise: float = 0.0) -> int:
         """Physically split channels (group key -> source channel indices, one copy each),
         keeping the network's function; returns the number of channels added."""
-        plan = {k: v for k, v in plan.items() if len(v)}
+        plan = {k: list(v) for k, v in plan.items() if len(v)}
+        self.replicas.agree("grow_channels", plan)
         if not plan:
             return 0
         grown = grow_channels(self.model, self.index(), plan, self.optimizer, noise=noise)
@@ -135,6 +144,7 @@ class TrainContext:
 
     def remove_module(self, name: str) -> None:
         """Replace a residual branch by the identity (its parameters leave the optimiser)."""
+        self.replicas.agree("remove_module", name)
         remap = ParamRemap(self.model)
         self.model.set_submodule(name, removed_identity())
         remap.rebind(self.optimizer)
@@ -144,6 +154,7 @@ class TrainContext:
         """Call after changing the network by other means (e.g. growth, gates removed)."""
         self._index = None
         self._compiled = None
+        self._step_module = None  # DDP wraps the new parameters at the next step
         self.changed = True
         apply_memory_format(self.model, self.memory_format)
         self.recount()
@@ -155,12 +166,14 @@ class TrainContext:
         each change until its recompile limit, then fall back to eager silently). While
         a method has hooks on the network (an activation meter measuring), steps run
         eagerly: each hook added or removed would cost a recompile."""
+        if self._step_module is None:
+            self._step_module = self.replicas.wrap(self.model)
         if not self.compile or any(m._forward_hooks or m._forward_pre_hooks
                                    for m in self.model.modules()):
-            return self.model(x)
+            return self._step_module(x)
         if self._compiled is None:
             torch._dynamo.reset()
-            self._compiled = torch.compile(self.model)
+            self._compiled = torch.compile(self._step_module)
         self.compiled_steps += 1
         return self._compiled(x)
 
@@ -200,5 +213,6 @@ class TrainContext:
         self.model.train(was_training)
 
     def count_extra_forward(self, num_samples: int) -> None:
-        """Charge forward passes a method makes outside training steps (measurement)."""
-        self.extra_flops += self.cost.forward * num_samples
+        """Charge forward passes a method makes outside training steps (measurement); on N
+        workers each makes the same passes on its own data, so N times as many."""
+        self.extra_flops += self.cost.forward * num_samples * self.replicas.world

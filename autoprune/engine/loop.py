@@ -34,18 +34,15 @@ from autoprune.engine.hardware import (
     resolve_precision,
 )
 from autoprune.engine.optim import build_optimizer, lr_at, set_lr
+from autoprune.engine.parallel import Replicas, train_on_workers
 from autoprune.engine.schedule_plot import SCHEDULE_PNG, write_schedule_png
-from autoprune.errors import ConfigError, UserError
+from autoprune.errors import ConfigError, TrainingDiverged, UserError
 from autoprune.methods import create_method
 from autoprune.methods.support import check_method_fits
 from autoprune.models import create_model
 from autoprune.surgery import save_model
 
 EpochCallback = Callable[[dict[str, Any], Path], None]
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite: the run stops as failed, never as completed."""
 
 
 def build_model(
@@ -85,19 +82,42 @@ def train(
     The final network is evaluated on the validation split (``val_accuracy``: what a search
     chooses on) and, with ``measure_test``, once on the test split (``accuracy`` =
     ``test_accuracy``: what is reported). A search's proxy runs skip the test split.
+
+    With ``training.workers`` > 1 the same loop runs data-parallel on that many Ray Train
+    workers (:mod:`autoprune.engine.parallel`); files and callbacks are the same.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if config.training.workers > 1:
+        return train_on_workers(run_training, config, out, on_epoch=on_epoch,
+                                progress=progress, resume=resume, measure_test=measure_test)
+    return run_training(config, out, on_epoch, progress, resume, measure_test)
+
+
+def run_training(
+    config: TrainConfig,
+    out: Path,
+    on_epoch: EpochCallback | None = None,
+    progress: bool = True,
+    resume: bool = True,
+    measure_test: bool = True,
+    replicas: Replicas | None = None,
+    device: torch.device | None = None,
+) -> dict[str, Any]:
+    """:func:`train` on this process: the whole run, or one worker's share of it
+    (``replicas``; only its main worker writes files and calls ``on_epoch``)."""
     tc = config.training
-    if tc.threads:
+    replicas = replicas or Replicas()
+    if tc.threads and replicas.world == 1:
         torch.set_num_threads(tc.threads)
     torch.manual_seed(tc.seed)
-    device = resolve_device(tc.device)
+    device = device or resolve_device(tc.device)
     ds = config.dataset
     data = load_config_data(ds, seed=tc.seed, batch_size=tc.batch_size, device=device)
+    replicas.shard(data)
     model = build_model(config, data.num_classes, data.in_channels, data.input_size).to(device)
     x0, y0 = next(iter(data.train))
-    ctx = TrainContext(model, (x0[:16], y0[:16]), data.train, tc.epochs, device)
+    ctx = TrainContext(model, (x0[:16], y0[:16]), data.train, tc.epochs, device, replicas)
     ctx.memory_format = resolve_memory_format(tc.memory_format, device)
     ctx.autocast_dtype = resolve_precision(tc.precision, device)
     ctx.compile = tc.compile
@@ -128,6 +148,8 @@ def train(
         ctx.extra_flops = state["extra_flops"]
     apply_memory_format(ctx.model, ctx.memory_format)  # after set-up and restore
     ctx.changed = False  # set-up and restore start from fresh statistics
+    replicas.sync(ctx.model, ctx.widths() if ctx.prunable else {},
+                  f"resume at epoch {start_epoch}" if start_epoch else "set-up")
 
     wall0 = time.perf_counter() - sum(_epoch_wall(r) for r in history)
     for epoch in range(start_epoch, tc.epochs):
@@ -136,13 +158,15 @@ def train(
         data.train.set_epoch(epoch)
         t0 = time.perf_counter()
         method.on_epoch_start(ctx, ctx.epoch)
-        loss_sum, seen = _train_epoch(ctx, method, config, progress)
+        loss_sum, seen = replicas.total(*_train_epoch(ctx, method, config, progress))
         train_flops += ctx.cost.train * seen
         t1 = time.perf_counter()
         event = method.on_epoch_end(ctx, ctx.epoch)
         _refresh_after_change(ctx, tc.bn_recalibration_batches)
+        replicas.sync(ctx.model, ctx.widths() if ctx.prunable else {}, f"epoch {ctx.epoch}")
         t2 = time.perf_counter()
-        accuracy, val_loss = evaluate(ctx.model, data.val if data.val.num_samples else data.test)
+        accuracy, val_loss = evaluate(ctx.model, data.val if data.val.num_samples else data.test,
+                                      replicas)
         record = {
             "epoch": ctx.epoch, "accuracy": accuracy, "val_loss": val_loss,
             "train_loss": loss_sum / max(seen, 1), "lr": lr_at(epoch, tc),
@@ -157,14 +181,19 @@ def train(
             "epoch": ctx.epoch, "history": history, "train_flops": train_flops,
             "extra_flops": ctx.extra_flops, "config": json.dumps(config.to_dict()),
         }
-        save_checkpoint(ckpt_path, ctx, method, progress_state)
-        if on_epoch is not None:
-            on_epoch(record, out)
+        if replicas.is_main:  # one writer; the other workers hold the same state
+            save_checkpoint(ckpt_path, ctx, method, progress_state)
+            if on_epoch is not None:
+                on_epoch(record, out)
 
     final_event = method.on_train_end(ctx)
     _refresh_after_change(ctx, tc.bn_recalibration_batches)
-    val_accuracy = evaluate(ctx.model, data.val)[0] if data.val.num_samples else None
-    test_accuracy, test_loss = evaluate(ctx.model, data.test) if measure_test else (None, None)
+    replicas.sync(ctx.model, ctx.widths() if ctx.prunable else {}, "final cut")
+    val_accuracy = evaluate(ctx.model, data.val, replicas)[0] if data.val.num_samples else None
+    test_accuracy, test_loss = (evaluate(ctx.model, data.test, replicas) if measure_test
+                                else (None, None))
+    if not replicas.is_main:
+        return {"status": "completed", "rank": replicas.rank}
     save_model(ctx.model, out / "model.pt", tuple(ctx.example_input.shape[1:]))
     latency = measure_latency(ctx.model, ctx.example_input, tc.latency_runtime,
                               tc.latency_batch_size)
@@ -181,8 +210,9 @@ def train(
         "train_flops_ratio": total_flops / dense_flops,
         "wall_time_s": time.perf_counter() - wall0,
         "latency_ms": latency["ms"], "latency": latency,
-        "hardware": hardware_summary(ctx.device, ctx.autocast_dtype, ctx.memory_format,
-                                     ctx.compiled_steps if ctx.compile else None),
+        "hardware": {**hardware_summary(ctx.device, ctx.autocast_dtype, ctx.memory_format,
+                                        ctx.compiled_steps if ctx.compile else None),
+                     **replicas.summary()},
         "widths": ctx.widths() if ctx.prunable else {},
         "final": final_event,
         "initial": initial,
@@ -289,16 +319,20 @@ def _check_finite(loss_sum: torch.Tensor, ctx: TrainContext) -> None:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, source: Any) -> tuple[float, float]:
-    """Accuracy (0..1) and mean cross-entropy over a whole split."""
+def evaluate(model: nn.Module, source: Any,
+             replicas: Replicas | None = None) -> tuple[float, float]:
+    """Accuracy (0..1) and mean cross-entropy over a whole split (with ``replicas``: each
+    worker's part, added up)."""
     model.eval()
-    correct, total, loss = 0, 0, 0.0
+    correct, total, loss = 0.0, 0.0, 0.0
     for x, y in source:
         logits = model(x)
         loss += F.cross_entropy(logits, y, reduction="sum").item()
         correct += (logits.argmax(1) == y).sum().item()
         total += y.numel()
     model.train()
+    if replicas is not None:
+        correct, total, loss = replicas.total(correct, total, loss)
     return (correct / total, loss / total) if total else (float("nan"), float("nan"))
 
 
@@ -310,4 +344,4 @@ def _json_default(obj: Any) -> Any:
     return str(obj)
 
 
-__all__ = ["TrainingDiverged", "build_model", "evaluate", "train"]
+__all__ = ["TrainingDiverged", "build_model", "evaluate", "run_training", "train"]

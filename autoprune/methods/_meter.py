@@ -42,10 +42,14 @@ class ChannelMeter:
         self.counts: dict[str, int] = {}
         self.layers: dict[str, int] = {}
         self._hooks: list[torch.utils.hooks.RemovableHandle] = []
+        self.reduce: Callable[[torch.Tensor], torch.Tensor] = lambda t: t
 
-    def attach(self, model: nn.Module, groups: Mapping[str, ChannelGroup]) -> None:
-        """Start measuring ``groups`` (anything measured before is dropped)."""
+    def attach(self, model: nn.Module, groups: Mapping[str, ChannelGroup],
+               reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+        """Start measuring ``groups`` (anything measured before is dropped). ``reduce``
+        sums a tensor over data-parallel workers (``ctx.replicas.reduce_sum``)."""
         self.detach()
+        self.reduce = reduce or (lambda t: t)
         self.sums, self.counts, self.layers = {}, {}, {}
         for key, group in groups.items():
             layers = group.modules_of_type(model, nn.modules.batchnorm._BatchNorm)
@@ -69,10 +73,13 @@ class ChannelMeter:
         return record
 
     def mean(self, key: str) -> torch.Tensor | None:
-        """Per-channel mean for group ``key`` (None if nothing was measured)."""
+        """Per-channel mean for group ``key`` (None if nothing was measured); on N
+        data-parallel workers, over every worker's batches."""
         if key not in self.sums:
             return None
-        return (self.sums[key] / self.counts[key]).float().cpu()
+        sums = self.reduce(self.sums[key])
+        count = self.reduce(torch.tensor(float(self.counts[key]), device=sums.device))
+        return (sums / count).float().cpu()
 
     def detach(self) -> None:
         for h in self._hooks:

@@ -134,7 +134,7 @@ class ActivationDensity(PruningMethod):
     def on_epoch_start(self, ctx: TrainContext, epoch: int) -> None:
         if self.is_resize_epoch(epoch):
             groups = {k: g for k, g in ctx.groups().items() if is_rectified(g)}
-            self.meter.attach(ctx.model, groups)
+            self.meter.attach(ctx.model, groups, ctx.replicas.reduce_sum)
 
     def on_epoch_end(self, ctx: TrainContext, epoch: int) -> dict[str, Any]:
         if not self.is_resize_epoch(epoch):

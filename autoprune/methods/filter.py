@@ -100,7 +100,7 @@ class ScheduledFilterPruning(PruningMethod):
     def on_epoch_start(self, ctx: TrainContext, epoch: int) -> None:
         assert self.schedule is not None
         if self.params.criterion == "mean_activation" and self.schedule.is_step(epoch):
-            self.meter.attach(ctx.model, ctx.groups())
+            self.meter.attach(ctx.model, ctx.groups(), ctx.replicas.reduce_sum)
 
     def on_epoch_end(self, ctx: TrainContext, epoch: int) -> dict[str, Any]:
         assert self.schedule is not None

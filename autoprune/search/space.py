@@ -67,10 +67,49 @@ class ParamSpec:
 
 @dataclass(frozen=True)
 class Resources:
-    """What one trial reserves: CPUs (its torch thread count) and GPUs (fractions allowed)."""
+    """What one trial reserves: CPUs (its torch thread count) and GPUs (fractions allowed).
+
+    With ``workers`` > 1 a trial trains data-parallel on that many Ray Train workers
+    (``training.workers``), each reserving ``cpu_per_worker`` CPUs (default ``cpu``) and
+    ``gpu_per_worker`` GPUs (default ``gpu``); the trial's own process reserves nothing
+    (it only relays the workers' results)."""
 
     cpu: float = 1.0
     gpu: float = 0.0
+    workers: int = 1
+    cpu_per_worker: float | None = None
+    gpu_per_worker: float | None = None
+
+    @property
+    def worker_cpu(self) -> float:
+        return self.cpu if self.cpu_per_worker is None else self.cpu_per_worker
+
+    @property
+    def worker_gpu(self) -> float:
+        return self.gpu if self.gpu_per_worker is None else self.gpu_per_worker
+
+    @property
+    def trial_total(self) -> tuple[float, float]:
+        """(CPUs, GPUs) one trial holds while it runs, all its workers included."""
+        if self.workers == 1:
+            return self.cpu, self.gpu
+        return self.workers * self.worker_cpu, self.workers * self.worker_gpu
+
+    @property
+    def trial_process(self) -> dict[str, float]:
+        """What the trial's own process reserves (Ray Tune's ``with_resources``). With
+        workers, a nominal 1 MiB of memory: Ray needs a trial to reserve something, and
+        a CPU share would keep the workers' CPUs from adding up to the machine's."""
+        if self.workers == 1:
+            return {"cpu": self.cpu, "gpu": self.gpu}
+        return {"cpu": 0.0, "gpu": 0.0, "memory": float(1 << 20)}
+
+    def training_settings(self) -> dict[str, Any]:
+        """The train config's ``training`` entries that run a trial on its workers."""
+        if self.workers == 1:
+            return {}
+        return {"workers": self.workers, "cpu_per_worker": self.worker_cpu,
+                "gpu_per_worker": self.worker_gpu}
 
 
 @dataclass(frozen=True)
@@ -160,10 +199,12 @@ class _RangeFile:
 
 
 def _with_latency(raw: _SpaceFile) -> Mapping[str, Any]:
-    """The fixed part with the space's latency settings in its training section."""
+    """The fixed part with the space's latency settings and its trials' workers
+    (``resources.workers``) in its training section."""
     settings = {key: value for key, value in (("latency_runtime", raw.latency_runtime),
                                               ("latency_batch_size", raw.latency_batch_size))
                 if value is not None}
+    settings.update(raw.resources.training_settings())
     if not settings:
         return raw.fixed
     training = raw.fixed.get("training") or {}

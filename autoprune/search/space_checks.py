@@ -42,6 +42,11 @@ def validate_settings(space: SearchSpace) -> None:
         raise ConfigError(f"num_samples must be at least 1, got {space.num_samples}")
     if space.resources.cpu <= 0 or space.resources.gpu < 0:
         raise ConfigError("resources.cpu must be > 0 and resources.gpu >= 0")
+    if space.resources.workers < 1:
+        raise ConfigError(f"resources.workers must be at least 1, got {space.resources.workers}")
+    if space.resources.worker_cpu <= 0 or space.resources.worker_gpu < 0:
+        raise ConfigError("resources.cpu_per_worker must be > 0 and resources.gpu_per_worker "
+                          ">= 0")
     if space.max_concurrent is not None and space.max_concurrent < 1:
         raise ConfigError(f"max_concurrent must be at least 1, got {space.max_concurrent}")
     if space.max_failures < 0:

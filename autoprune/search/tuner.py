@@ -17,15 +17,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import math
 import os
-import socket
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from autoprune.cluster import ray_session
 from autoprune.errors import UserError
 from autoprune.search.space import SearchSpace
 
@@ -63,7 +61,9 @@ class SearchRequest:
         return {"space": s.source, "tracking_uri": self.tracking_uri, "sampler": s.sampler,
                 "seed": s.seed, "num_samples": s.num_samples, "objectives": list(s.objectives),
                 "max_concurrent": s.max_concurrent, "max_failures": s.max_failures,
-                "resources": [s.resources.cpu, s.resources.gpu],
+                "resources": [s.resources.cpu, s.resources.gpu] + (
+                    [s.resources.workers, s.resources.worker_cpu, s.resources.worker_gpu]
+                    if s.resources.workers > 1 else []),
                 "scheduler": [s.scheduler.name, *s.rungs, s.scheduler.reduction_factor],
                 "fidelity": s.fidelity.settings() if s.fidelity.enabled else None,
                 "target": str(s.target) if s.target is not None else None}
@@ -267,7 +267,7 @@ def make_trainable(space: SearchSpace, proxy: Mapping[str, Any] | None = None) -
 
     from autoprune.search.trainable import run_trial
 
-    resources = {"cpu": space.resources.cpu, "gpu": space.resources.gpu}
+    resources = space.resources.trial_process  # a data-parallel trial's workers: their own
     rungs = () if proxy else space.rungs
     trainable = tune.with_parameters(run_trial, fixed=dict(space.fixed), rungs=rungs,
                                      proxy=dict(proxy) if proxy else None)
@@ -276,52 +276,6 @@ def make_trainable(space: SearchSpace, proxy: Mapping[str, Any] | None = None) -
 
 def trial_dirname(trial: Any) -> str:
     return f"trial_{trial.trial_id}"
-
-
-@contextmanager
-def ray_session(address: str | None) -> Iterator[None]:
-    """Join ``address``, or start a quiet local Ray with all this machine's CPUs."""
-    import ray
-
-    if ray.is_initialized():  # the caller (a test, a notebook) owns the session
-        yield
-        return
-    quiet: dict[str, Any] = {"logging_level": logging.ERROR, "log_to_driver": False,
-                             "runtime_env": user_code_env()}  # the user's own modules
-    try:
-        if address:
-            check_reachable(address)
-            ray.init(address=address, **quiet)
-        else:
-            # "local": a new Ray of our own, even where `ray start` left a cluster running
-            ray.init(address="local", num_cpus=os.cpu_count() or 1,
-                     include_dashboard=False, **quiet)
-    except ConnectionError as exc:
-        raise UserError(f"cannot join the Ray cluster at {address!r}: {exc}") from None
-    try:
-        yield
-    finally:
-        ray.shutdown()
-
-
-def user_code_env() -> dict[str, Any] | None:
-    """Ray ``runtime_env`` shipping the modules of the user's own network and data (import
-    references resolved in this process, e.g. a module beside the space file) to every
-    worker as ``py_modules``; None when the search uses registered ones only."""
-    from autoprune.references import runtime_env
-
-    return runtime_env()
-
-
-def check_reachable(address: str) -> None:
-    """Fail fast on a wrong ``host:port`` (Ray itself retries for minutes)."""
-    host, _, port = address.split("://", 1)[-1].rpartition(":")
-    if not port.isdigit():
-        return  # "auto" and friends: Ray finds the cluster
-    try:
-        socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
-    except OSError as exc:
-        raise UserError(f"cannot reach the Ray cluster at {address!r}: {exc}") from None
 
 
 def concurrency(space: SearchSpace, local: bool) -> int:
@@ -339,13 +293,15 @@ def trials_that_fit(space: SearchSpace, total: Mapping[str, float], local: bool)
     once; fractional GPUs share a device (``gpu: 0.25``: four trials per GPU). On a
     local machine a trial that cannot fit at all is a :class:`UserError`."""
     cpus, gpus = total.get("CPU", 0.0), total.get("GPU", 0.0)
-    need = space.resources
-    if local and (need.cpu > cpus or need.gpu > gpus):
-        raise UserError(f"resources: a trial needs {need.cpu:g} CPU and {need.gpu:g} GPU, "
-                        f"this machine has {cpus:g} CPU and {gpus:g} GPU")
-    fit = math.floor(cpus / need.cpu) if need.cpu else 1
-    if need.gpu:
-        fit = min(fit, math.floor(gpus / need.gpu + 1e-9))
+    need_cpu, need_gpu = space.resources.trial_total  # every worker of a data-parallel trial
+    if local and (need_cpu > cpus or need_gpu > gpus):
+        workers = space.resources.workers
+        each = f" ({workers} workers)" if workers > 1 else ""
+        raise UserError(f"resources: a trial needs {need_cpu:g} CPU and {need_gpu:g} GPU"
+                        f"{each}, this machine has {cpus:g} CPU and {gpus:g} GPU")
+    fit = math.floor(cpus / need_cpu + 1e-9) if need_cpu else 1
+    if need_gpu:
+        fit = min(fit, math.floor(gpus / need_gpu + 1e-9))
     return max(1, fit)
 
 
