@@ -20,10 +20,11 @@ N GPUs against one GPU instead.
 
 Usage::
 
-    .venv/bin/python benchmarks/data_parallel.py [--epochs 3] [--subset 6000]
+    .venv/bin/python benchmarks/data_parallel.py [--epochs 3] [--subset 6000] [--seed 0]
     python benchmarks/data_parallel.py --device cuda --gpus 2 --subset 60000
 
-Results: ``benchmarks/results/data_parallel.json`` (``data_parallel_cuda.json`` on GPUs).
+Results: ``benchmarks/results/data_parallel.json`` (``data_parallel_cuda.json`` on GPUs;
+``_seed1`` and so on before ``.json`` for another ``--seed``).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ sys.path.insert(0, str(ROOT))
 
 def config(args: argparse.Namespace, workers: int, threads: int) -> dict[str, Any]:
     training: dict[str, Any] = {
-        "epochs": args.epochs, "batch_size": args.batch_size, "lr": 0.05, "seed": 0,
+        "epochs": args.epochs, "batch_size": args.batch_size, "lr": 0.05, "seed": args.seed,
         "device": args.device, "workers": workers, "threads": threads,
     }
     if workers > 1:
@@ -78,6 +79,7 @@ def run(args: argparse.Namespace, name: str, workers: int, threads: int) -> dict
         "setting": name, "workers": workers, "threads_per_worker": threads,
         "training_wall_s": summary["wall_time_s"], "call_wall_s": call_s,
         "epoch_s": epoch_s, "train_step_s": [e["time_s"] for e in summary["epochs"]],
+        "train_loss": [e["train_loss"] for e in summary["epochs"]],
         "val_accuracy": summary["val_accuracy"], "test_accuracy": summary["test_accuracy"],
         "macs_ratio": summary["macs_ratio"], "train_flops": summary["train_flops"],
         "widths": summary["widths"], "hardware": {
@@ -96,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--subset", type=int, default=6000)
     parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--gpus", type=int, default=2, help="workers on --device cuda")
     parser.add_argument("--out-json")
@@ -119,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
                     "platform": platform.platform()},
         "settings": {"model": args.model, "dataset": "fashion_mnist", "subset": args.subset,
                      "epochs": args.epochs, "batch_size": args.batch_size,
-                     "device": args.device, "method": "filter l1 to 0.5"},
+                     "device": args.device, "seed": args.seed,
+                     "method": "filter l1 to 0.5"},
         "rows": rows,
         "speedup_2_workers_vs_1": one["training_wall_s"] / parallel["training_wall_s"],
         "speedup_2_workers_vs_1_whole_call": one["call_wall_s"] / parallel["call_wall_s"],
@@ -131,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({k: v for k, v in result.items() if k.startswith(("speedup", "widths"))},
                      indent=2))
     default = "data_parallel_cuda.json" if args.device == "cuda" else "data_parallel.json"
+    if args.seed:
+        default = default.replace(".json", f"_seed{args.seed}.json")
     path = Path(args.out_json) if args.out_json else RESULTS / default
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {path}")

@@ -7,8 +7,10 @@ Related coverage elsewhere (not repeated here):
 - a NaN/inf loss: ``tests/test_engine.py`` (``TrainingDiverged``) and
   ``tests/test_search_e2e.py::test_failing_trials_do_not_stop_the_search`` (failed,
   ``autoprune.diverged=true``, never on the front);
-- the driver killed with SIGKILL, then ``--resume``:
-  ``tests/test_search_resume.py::test_killed_search_resumes_without_duplicates``;
+- the driver killed with SIGKILL, then ``--resume``: here, in
+  ``test_spooled_results_reach_mlflow_once_after_a_crash_and_resume`` (with the tracking
+  server down as well), and in stage 2 of a two-stage search in
+  ``tests/test_search_resume.py``;
 - bad input: ``tests/test_bad_input.py``; a Ray node lost: ``tests/test_faults_cluster.py``.
 """
 
@@ -205,8 +207,11 @@ def test_tracking_server_restarted_mid_search_loses_nothing(
 def test_spooled_results_reach_mlflow_once_after_a_crash_and_resume(tmp_path: Path) -> None:
     """The server goes down mid-search, results pile up in the spool, the driver is killed;
     the server comes back, ``--resume`` sends the spool: every epoch of every trial is in
-    MLflow exactly once, nothing is left in the spool."""
+    MLflow exactly once, nothing is left in the spool, and the trial completed before the
+    kill keeps its run (it is not trained again)."""
     import tempfile
+
+    from autoprune.search.store import RunLookup, open_client
 
     procs = Processes(tmp_path / "logs", paths=[str(tmp_path)])
     port = free_port()
@@ -226,6 +231,13 @@ def test_spooled_results_reach_mlflow_once_after_a_crash_and_resume(tmp_path: Pa
         files = sorted((tmp_path / "ray" / "spooled").glob("trial_*/result.json"))
         return [len(f.read_text().splitlines()) for f in files]
 
+    def completed() -> dict[str, str]:
+        client = open_client(uri)
+        experiment = client.get_experiment_by_name("spooled")
+        children = RunLookup(client, experiment.experiment_id).children() if experiment else []
+        return {c.data.tags["autoprune.trial_id"]: c.info.run_id for c in children
+                if c.data.tags.get("autoprune.status") == "completed"}
+
     try:
         server = mlflow_server(procs, tmp_path, port, "server1")
         first = procs.start("search1", argv, env=env)
@@ -233,6 +245,9 @@ def test_spooled_results_reach_mlflow_once_after_a_crash_and_resume(tmp_path: Pa
         while not (len(trial_lines()) >= 2 and trial_lines()[1] >= 1):  # trial 2 is training
             assert first.popen.poll() is None and time.monotonic() < deadline, first.tail()
             time.sleep(0.1)
+        while not (before := completed()):  # trial 1's end is logged
+            assert time.monotonic() < deadline, first.tail()
+            time.sleep(0.2)
         os.killpg(server.popen.pid, signal.SIGKILL)
         server.popen.wait()
         while not any(spool.rglob("*")):  # writes outlive the 2 s retry window: spooled
@@ -248,8 +263,6 @@ def test_spooled_results_reach_mlflow_once_after_a_crash_and_resume(tmp_path: Pa
         mlflow_server(procs, tmp_path, port, "server2")
         code, output = procs.run("search2", [*argv, "--resume"], env=env, timeout=300)
         assert code == 0, output
-        from autoprune.search.store import RunLookup, open_client
-
         client = open_client(uri)
         lookup = RunLookup(client, client.get_experiment_by_name("spooled").experiment_id)
         children = lookup.children()
@@ -260,7 +273,9 @@ def test_spooled_results_reach_mlflow_once_after_a_crash_and_resume(tmp_path: Pa
             for key in ("accuracy", "macs"):
                 steps = sorted(m.step for m in client.get_metric_history(child.info.run_id, key))
                 assert steps == [1, 2, 3, 4, 4], (key, steps)  # every epoch once, plus final
+        assert before.items() <= completed().items()  # the same run, not a rerun
         assert not spool.exists()  # everything was sent
+        assert main(argv[3:]) == 2  # the name is taken now: no silent second search
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
         assert procs.stop_all() == []

@@ -101,31 +101,6 @@ def kill_when(cmd: list[str], env: dict[str, str], log_path: Path,
 
 
 @pytest.mark.slow
-def test_killed_search_resumes_without_duplicates(workdir: Path, ray_tmp: str) -> None:
-    env = {**os.environ, "RAY_TMPDIR": ray_tmp}
-    cmd = [sys.executable, "-m", "autoprune", *args(workdir)]
-    kill_when(cmd, env, workdir / "first.log", lambda text: text.count(" completed: ") >= 2,
-              240)
-    before = {c.data.tags["autoprune.trial_id"]: c.info.run_id for c in completed(workdir)}
-    assert 2 <= len(before) < NUM_SAMPLES, (workdir / "first.log").read_text()
-    resumed = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True,
-                             timeout=300)
-    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    runs = children(workdir)
-    ids = [c.data.tags["autoprune.trial_id"] for c in runs]
-    assert len(ids) == len(set(ids)), "a trial has two child runs"
-    done = {c.data.tags["autoprune.trial_id"]: c.info.run_id for c in completed(workdir)}
-    assert len(done) == NUM_SAMPLES
-    assert before.items() <= done.items()  # the same runs, not reruns
-    assert all(c.data.tags["autoprune.status"] in ("completed", "stopped") for c in runs)
-    client = runs[0] and __import__("mlflow").MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
-    for run_id in done.values():  # epochs 1..4 once each, plus the final value at step 4
-        steps = [m.step for m in client.get_metric_history(run_id, "accuracy")]
-        assert sorted(steps) == [1, 2, 3, 4, 4], steps
-    assert main(args(workdir)) == 2  # the name is taken now: no silent second search
-
-
-@pytest.mark.slow
 def test_two_stage_search_killed_in_stage_2_resumes_there(workdir: Path, ray_tmp: str) -> None:
     """Stage 1 is read back, not rerun; stage 2 goes on with the replays it had chosen."""
     space = {**SPACE, "fidelity": {"proxy": {"epochs": 3, "train_subset": 400},
