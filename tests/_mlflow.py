@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -56,6 +57,7 @@ def mlflow_server(procs: Processes, folder: Path, port: int, name: str) -> Any:
     """``mlflow server`` on ``port`` with its store in ``folder``, once it listens."""
     proc = procs.start(name, [sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
                               f"sqlite:///{folder / 'server.db'}", "--host", "127.0.0.1",
-                              "--port", str(port), "--workers", "1"], cwd=folder)
+                              "--port", str(port), "--workers", "1"], cwd=folder,
+                       env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
     wait_for_port(port, 120, process=proc.popen)
     return proc

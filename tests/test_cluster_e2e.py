@@ -125,8 +125,8 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, A
     survives."""
     commands = readme_commands()
     kinds = [kind_of(c) for c in commands]
-    expected = ["createdb", "dbupgrade", "mlflow", "token", "export", "head", "worker",
-                "search", "job", "pareto"]
+    expected = ["createdb", "dbupgrade", "export", "mlflow", "token", "export", "head",
+                "worker", "search", "job", "pareto"]
     assert sorted(kinds) == sorted(expected), f"the '{SECTION}' page's commands: {kinds}"
     why_not = _postgres.missing()
     if why_not:

@@ -253,13 +253,13 @@ def _pick(args: argparse.Namespace) -> int:
 def _ui(args: argparse.Namespace) -> int:
     import subprocess
 
-    from autoprune.search.pick import ui_command
+    from autoprune.search.pick import ui_command, ui_env
     from autoprune.search.store import resolve_tracking_uri
 
     cmd = ui_command(resolve_tracking_uri(args.tracking_uri), args.host, args.port)
     print(f"MLflow UI on http://{args.host}:{args.port} (Ctrl-C to stop)", flush=True)
     try:
-        return subprocess.call(cmd)
+        return subprocess.call(cmd, env=ui_env())
     except KeyboardInterrupt:
         return 0
 

@@ -8,6 +8,7 @@ never used to choose.
 from __future__ import annotations
 
 import math
+import os
 import re
 import sys
 from collections.abc import Mapping, Sequence
@@ -134,6 +135,13 @@ def ui_command(uri: str, host: str, port: int) -> list[str]:
     """``mlflow ui`` on the search store, bound to ``host`` (127.0.0.1 by default)."""
     return [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
             "--host", host, "--port", str(port), "--workers", "1"]
+
+
+def ui_env() -> dict[str, str]:
+    """The environment ``mlflow ui`` runs in: without MLflow's job runner (the GenAI jobs
+    of MLflow 3, which autoprune does not use; three processes busy from the start)
+    unless the user turned it on."""
+    return {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}
 
 
 def _cell(value: Any, column: str) -> str:
