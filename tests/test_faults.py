@@ -172,7 +172,7 @@ def test_tracking_server_restarted_mid_search_loses_nothing(
         os.killpg(procs.started[0].popen.pid, signal.SIGKILL)
         procs.started[0].popen.wait()
         outage["down"] = time.monotonic()
-        time.sleep(8)  # epochs are reported meanwhile; the driver must hold on to them
+        time.sleep(4)  # epochs are reported meanwhile; the driver must hold on to them
         mlflow_server(procs, tmp_path, port, "server2")
         outage["up"] = time.monotonic()
 
@@ -253,7 +253,7 @@ def test_spooled_results_reach_mlflow_once_after_a_crash_and_resume(tmp_path: Pa
         while not any(spool.rglob("*")):  # writes outlive the 2 s retry window: spooled
             assert time.monotonic() < deadline, first.tail()
             time.sleep(0.2)
-        settle = time.monotonic() + 5  # more results go to the spool (or the driver stops)
+        settle = time.monotonic() + 2  # more results go to the spool (or the driver stops)
         while first.popen.poll() is None and time.monotonic() < settle:
             time.sleep(0.2)
         with contextlib.suppress(ProcessLookupError):

@@ -21,7 +21,7 @@ from autoprune.cli import main
 
 pytestmark = pytest.mark.slow
 
-EPOCHS, SAMPLES = 6, 6
+EPOCHS, SAMPLES = 6, 4
 SPACE: dict[str, Any] = {
     # population = num_samples: NSGA-II's first generation is drawn at random from the
     # seed, so a search with and one without the TrialScheduler train the same schedules;
