@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -10,6 +9,8 @@ from typing import Any
 
 import yaml
 from _processes import Processes, wait_for_port
+
+from autoprune.search.pick import NO_JOB_RUNNER
 
 TRAIN_CONFIG: dict[str, Any] = {
     "model": "small_cnn", "dataset": {"name": "digits"},
@@ -58,6 +59,6 @@ def mlflow_server(procs: Processes, folder: Path, port: int, name: str) -> Any:
     proc = procs.start(name, [sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
                               f"sqlite:///{folder / 'server.db'}", "--host", "127.0.0.1",
                               "--port", str(port), "--workers", "1"], cwd=folder,
-                       env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+                       env=NO_JOB_RUNNER)
     wait_for_port(port, 120, process=proc.popen)
     return proc

@@ -119,3 +119,13 @@ def test_ui_command_binds_localhost() -> None:
     assert cmd[1:4] == ["-m", "mlflow", "ui"]
     assert cmd[cmd.index("--host") + 1] == "127.0.0.1"
     assert cmd[cmd.index("--backend-store-uri") + 1] == "sqlite:////x/mlflow.db"
+
+
+def test_ui_runs_without_mlflows_job_runner_unless_asked(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from autoprune.search.pick import ui_env
+
+    monkeypatch.delenv("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", raising=False)
+    assert ui_env()["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
+    monkeypatch.setenv("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "true")  # the user's choice wins
+    assert ui_env()["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "true"

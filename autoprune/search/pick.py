@@ -137,11 +137,15 @@ def ui_command(uri: str, host: str, port: int) -> list[str]:
             "--host", host, "--port", str(port), "--workers", "1"]
 
 
+NO_JOB_RUNNER = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+"""Environment for an MLflow server or UI without MLflow 3's job runner (three more Python
+processes for GenAI jobs, which autoprune does not use)."""
+
+
 def ui_env() -> dict[str, str]:
-    """The environment ``mlflow ui`` runs in: without MLflow's job runner (the GenAI jobs
-    of MLflow 3, which autoprune does not use; three processes busy from the start)
-    unless the user turned it on."""
-    return {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}
+    """The environment ``mlflow ui`` runs in: without the job runner unless the user's
+    environment says otherwise."""
+    return {**NO_JOB_RUNNER, **os.environ}
 
 
 def _cell(value: Any, column: str) -> str:
