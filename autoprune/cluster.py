@@ -15,10 +15,19 @@ from autoprune.errors import UserError
 
 @contextmanager
 def ray_session(address: str | None) -> Iterator[None]:
-    """Join ``address``, or start a quiet local Ray with all this machine's CPUs."""
+    """Join ``address``, or start a quiet local Ray with all this machine's CPUs. In a
+    process already connected to Ray (a notebook, a test), that connection is used; an
+    ``address`` must then be reachable and name the same cluster."""
     import ray
 
-    if ray.is_initialized():  # the caller (a test, a notebook) owns the session
+    if ray.is_initialized():  # the caller owns the session
+        if address:
+            check_reachable(address)
+            here = ray.get_runtime_context().gcs_address
+            port = address.split("://", 1)[-1].rpartition(":")[2]
+            if address != "auto" and port != here.rpartition(":")[2]:
+                raise UserError(f"this process is already connected to the Ray at {here}; "
+                                f"it cannot also join {address!r}")
         yield
         return
     quiet: dict[str, Any] = {"logging_level": logging.ERROR, "log_to_driver": False,

@@ -11,8 +11,10 @@ and downloads through it (``mlflow-artifacts:/``, plain HTTP too); headless Chro
 the link the search printed on the training-runs view, finds the parent run and its child
 runs, and sees ``pareto.png`` and a trial's ``schedule.png`` render. Screenshots: the
 test's tmp folder and ``runs/test-artifacts/cluster-e2e/`` (``make docs-images`` copies
-the ones the docs show into ``docs/img/ui/``). Everything the test starts is stopped by process id
-at the end, and the test fails if any of it survives.
+the ones the docs show into ``docs/img/ui/``). Last, on the same cluster: the worker node is
+lost mid-trial (its raylet killed with SIGKILL) and its trial fails over to the head node
+from its checkpoint. Everything the test starts is stopped by process id at the end, and the
+test fails if any of it survives.
 """
 
 from __future__ import annotations
@@ -23,9 +25,11 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import socket
 import sys
 import tempfile
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,7 +38,7 @@ from typing import Any
 import _postgres
 import pytest
 import yaml
-from _processes import Processes, free_ports, wait_for_port
+from _processes import Processes, descendants, free_ports, wait_for_port
 
 pytestmark = pytest.mark.slow
 
@@ -537,3 +541,100 @@ def test_a_search_ships_code_only_the_driver_has(deployment: dict[str, Any]) -> 
     children = [r for r in client.search_runs([experiment.experiment_id])
                 if r.data.tags.get("autoprune.role") == "trial"]
     assert len(children) == TRIALS and all(r.info.status == "FINISHED" for r in children)
+
+
+# --- last: the worker node is lost mid-trial (the cluster has one node after this) ----------
+
+LOST_TRIALS = 3
+LOST_SPACE: dict[str, Any] = {
+    "num_samples": LOST_TRIALS, "sampler": "random", "seed": 0, "max_failures": 2,
+    "resources": {"cpu": 1},
+    "fixed": {"model": "small_cnn", "dataset": "digits",
+              "training": {"epochs": 4, "batch_size": 8, "lr": 0.05, "seed": 0}},
+    "searched": {"methods": {"filter": {"target_ratio": {"low": 0.3, "high": 0.7},
+                                        "end_epoch": 2}}},
+}
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def _raylet(temp_dir: Path) -> int | None:
+    """The raylet of the node started with ``--temp-dir temp_dir``."""
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            cmd = _cmdline(int(entry))
+            if "/raylet " in cmd.split(" --", 1)[0] + " " and str(temp_dir) in cmd:
+                return int(entry)
+    return None
+
+
+def test_lost_worker_node_reschedules_its_trial(deployment: dict[str, Any]) -> None:
+    """A search driver joins the cluster; once a trial that runs on the worker node has a
+    checkpoint, that node's raylet (and the trial's process) is killed with SIGKILL, by
+    process id: the trial fails over to the head node from its last checkpoint, and every
+    trial ends completed in MLflow, the moved one with its retry counted."""
+    from mlflow import MlflowClient
+
+    short, procs = deployment["short"], deployment["procs"]
+    storage = short / "shared"
+    folder = deployment["out"] / "lost"
+    folder.mkdir()
+    (folder / "lost.yaml").write_text(yaml.safe_dump(LOST_SPACE))
+    worker_raylet = _raylet(short / "ray-worker")
+    assert worker_raylet is not None, "no raylet for the worker node"
+
+    def results() -> dict[str, list[dict[str, Any]]]:
+        out = {}
+        for path in storage.glob("lost/trial_*/result.json"):
+            lines = path.read_text().splitlines()
+            out[path.parent.name] = [json.loads(line) for line in lines if line.strip()]
+        return out
+
+    driver = procs.start("search-lost-node", [
+        BIN / "autoprune", "search", folder / "lost.yaml", "--name", "lost",
+        "--address", f"127.0.0.1:{deployment['ports'][0]}",
+        "--tracking-uri", deployment["tracking_uri"], "--storage-path", storage],
+        env=deployment["env"], cwd=folder)
+    deadline = time.monotonic() + 300
+    victim = None
+    while victim is None:
+        assert driver.popen.poll() is None, driver.tail()
+        assert time.monotonic() < deadline, driver.tail()
+        on_worker = [p for p in descendants(worker_raylet)
+                     if _cmdline(p).startswith("ray::ImplicitFunc")]
+        running = {t: rows for t, rows in results().items()
+                   if rows and not rows[-1].get("is_final")
+                   and list((storage / "lost" / t).glob("checkpoint_*"))}
+        victim = next(((t, str(rows[-1]["node_id"])) for t, rows in running.items()
+                       if rows[-1].get("pid") in on_worker), None)  # Ray records the pid
+        if victim is not None:
+            os.kill(worker_raylet, signal.SIGKILL)
+            for pid in on_worker:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            break
+        time.sleep(0.2)
+    killed_trial, dead_node = victim
+    code = driver.popen.wait(timeout=420)
+    assert code == 0, driver.log.read_text()[-4000:]
+    rows = results()
+    assert len(rows) == LOST_TRIALS
+    moved = rows[killed_trial]
+    assert moved[-1]["is_final"] and moved[-1]["trial_status"] == "completed", moved[-1]
+    assert moved[-1]["node_id"] != dead_node  # finished on the remaining node
+    first_after = [r for r in moved if r["iterations_since_restore"] == 1]
+    assert len(first_after) >= 2 and first_after[-1]["epoch"] > 1  # from its checkpoint
+    client = MlflowClient(deployment["tracking_uri"])
+    experiment = client.get_experiment_by_name("lost")
+    children = [r for r in client.search_runs([experiment.experiment_id])
+                if r.data.tags.get("autoprune.role") == "trial"]
+    status = {c.data.tags["autoprune.trial_id"]: c.data.tags for c in children}
+    assert len(status) == LOST_TRIALS == len(children)
+    assert all(t["autoprune.status"] == "completed" for t in status.values())
+    tags = status[killed_trial.removeprefix("trial_")]
+    assert int(tags["autoprune.retries"]) >= 1 and tags["autoprune.node_id"] != dead_node

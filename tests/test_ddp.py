@@ -142,7 +142,7 @@ def test_a_batch_that_does_not_split_is_refused() -> None:
 
 
 def test_train_cli_on_two_ray_train_workers(ray_session, tmp_path, capsys) -> None:
-    """``autoprune train --workers 2`` (on the module's Ray; without one, the command
+    """``autoprune train --workers 2`` (on the test process's Ray; without one, the command
     starts a local Ray, as benchmarks/data_parallel.py does)."""
     from autoprune.cli import main
 

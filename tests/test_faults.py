@@ -1,7 +1,8 @@
 """Faults during a search, staged for real: a trial's Ray worker killed with SIGKILL, the
 MLflow tracking server killed and restarted mid-search; plus the safety defaults.
 
-One local Ray session serves the module's searches (starting Ray takes 10-20 s here).
+The searches use the test process's shared local Ray (``ray_session`` in conftest.py); the
+drivers that are killed run as subprocesses that join it with ``--address``.
 Related coverage elsewhere (not repeated here):
 
 - a NaN/inf loss: ``tests/test_engine.py`` (``TrainingDiverged``) and
@@ -11,7 +12,7 @@ Related coverage elsewhere (not repeated here):
   ``test_spooled_results_reach_mlflow_once_after_a_crash_and_resume`` (with the tracking
   server down as well), and in stage 2 of a two-stage search in
   ``tests/test_search_resume.py``;
-- bad input: ``tests/test_bad_input.py``; a Ray node lost: ``tests/test_faults_cluster.py``.
+- bad input: ``tests/test_bad_input.py``; a Ray node lost: ``tests/test_cluster_e2e.py`` (its last test).
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import contextlib
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import sys
@@ -102,7 +102,7 @@ def the_child(uri: str, name: str) -> Any:
 # --- 1. a trial that crashes mid-run ------------------------------------------------------
 
 @pytest.mark.slow
-def test_crashed_trial_without_retries_is_failed_with_its_error(ray_session: None,
+def test_crashed_trial_without_retries_is_failed_with_its_error(ray_session: str,
                                                                 tmp_path: Path) -> None:
     killed: list[int] = []
     watcher = threading.Thread(target=kill_after_epochs, args=(tmp_path, "nore", 2, killed))
@@ -123,7 +123,7 @@ def test_crashed_trial_without_retries_is_failed_with_its_error(ray_session: Non
 
 @pytest.mark.slow
 def test_retried_trial_resumes_from_its_checkpoint_in_its_pruned_shape(
-        ray_session: None, tmp_path: Path) -> None:
+        ray_session: str, tmp_path: Path) -> None:
     killed: list[int] = []
     watcher = threading.Thread(target=kill_after_epochs, args=(tmp_path, "retry", 2, killed))
     watcher.start()
@@ -152,7 +152,7 @@ def test_retried_trial_resumes_from_its_checkpoint_in_its_pruned_shape(
 
 @pytest.mark.slow
 def test_tracking_server_restarted_mid_search_loses_nothing(
-        ray_session: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        ray_session: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
     # MLflow's own HTTP retries off: the outage is ridden out by autoprune's retries.
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
@@ -204,13 +204,13 @@ def test_tracking_server_restarted_mid_search_loses_nothing(
 
 
 @pytest.mark.slow
-def test_spooled_results_reach_mlflow_once_after_a_crash_and_resume(tmp_path: Path) -> None:
+def test_spooled_results_reach_mlflow_once_after_a_crash_and_resume(ray_session: str,
+                                                                   tmp_path: Path) -> None:
     """The server goes down mid-search, results pile up in the spool, the driver is killed;
     the server comes back, ``--resume`` sends the spool: every epoch of every trial is in
     MLflow exactly once, nothing is left in the spool, and the trial completed before the
-    kill keeps its run (it is not trained again)."""
-    import tempfile
-
+    kill keeps its run (it is not trained again). Both drivers join the test's Ray
+    (``--address``) as drivers join a cluster: the killed one's trials end with it."""
     from autoprune.search.store import RunLookup, open_client
 
     procs = Processes(tmp_path / "logs", paths=[str(tmp_path)])
@@ -221,11 +221,11 @@ def test_spooled_results_reach_mlflow_once_after_a_crash_and_resume(tmp_path: Pa
                                                      "epochs": 4, "batch_size": 16}}
     (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
     spool = tmp_path / "spool"
-    ray_tmp = tempfile.mkdtemp(prefix="aps")
     env = {"AUTOPRUNE_SPOOL_DIR": str(spool), "AUTOPRUNE_MLFLOW_RETRY_S": "2",
-           "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "RAY_TMPDIR": ray_tmp}
+           "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
     argv = [sys.executable, "-m", "autoprune", "search", str(tmp_path / "space.yaml"),
-            "--name", "spooled", "--tracking-uri", uri, "--storage-path", str(tmp_path / "ray")]
+            "--name", "spooled", "--tracking-uri", uri, "--storage-path", str(tmp_path / "ray"),
+            "--address", ray_session]
 
     def trial_lines() -> list[int]:
         files = sorted((tmp_path / "ray" / "spooled").glob("trial_*/result.json"))
@@ -277,7 +277,6 @@ def test_spooled_results_reach_mlflow_once_after_a_crash_and_resume(tmp_path: Pa
         assert not spool.exists()  # everything was sent
         assert main(argv[3:]) == 2  # the name is taken now: no silent second search
     finally:
-        shutil.rmtree(ray_tmp, ignore_errors=True)
         assert procs.stop_all() == []
 
 

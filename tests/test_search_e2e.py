@@ -1,17 +1,20 @@
 """End to end: real searches through a local Ray into an MLflow SQLite store in tmp_path.
 
-One Ray session serves the whole module (starting Ray takes 10-20 s on a small machine).
+The searches run on the test process's shared local Ray (``ray_session`` in conftest.py).
+A trial killed mid-run and retried from its checkpoint: ``tests/test_faults.py``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
 import os
 import re
 import signal
-import threading
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -42,7 +45,7 @@ SPACE: dict[str, Any] = {
 
 
 def run_search(folder: Path, space: dict[str, Any], name: str, *flags: str) -> tuple[int, str]:
-    """``autoprune search`` in this process (it uses the module's Ray session)."""
+    """``autoprune search`` in this process (it uses the test process's Ray)."""
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(space))
     uri = f"sqlite:///{folder / 'mlflow.db'}"
@@ -52,7 +55,7 @@ def run_search(folder: Path, space: dict[str, Any], name: str, *flags: str) -> t
 
 
 @pytest.fixture(scope="module")
-def search(ray_session: None, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def search(ray_session: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     from autoprune.search.store import RunLookup, open_client
 
     folder = tmp_path_factory.mktemp("e2e")
@@ -209,7 +212,7 @@ def test_pick_registers_the_network_and_export_reads_the_registry(
     assert code == 2 and "nope" in capsys.readouterr().err
 
 
-def test_failing_trials_do_not_stop_the_search(ray_session: None, tmp_path: Path) -> None:
+def test_failing_trials_do_not_stop_the_search(ray_session: str, tmp_path: Path) -> None:
     """SGD with lr 10 and weight decay 1.0 turns the loss NaN; lr 0.05 trains."""
     import optuna
 
@@ -256,86 +259,18 @@ def _mixed_lrs(space: Any, seed: int, optuna: Any, define_by_run: Any) -> bool:
     return len(set(lrs)) == 2
 
 
-def test_crashed_trial_resumes_from_its_last_checkpoint(ray_session: None,
-                                                        tmp_path: Path) -> None:
-    """Kill the trial's process after epoch 2: Ray retries it (max_failures) and the
-    engine resumes from the last Ray checkpoint, logging every epoch once."""
-    space = {**SPACE, "sampler": "random", "num_samples": 1, "max_failures": 1}
-    space["fixed"] = {**SPACE["fixed"], "training": {
-        **SPACE["fixed"]["training"], "epochs": 6, "batch_size": 8}}
-    space["searched"] = {"methods": {"filter": {"target_ratio": 0.5, "end_epoch": 3}}}
-    killed: list[int] = []
-    watcher = threading.Thread(target=_kill_trial_after_epochs, args=(tmp_path, 2, killed))
-    watcher.start()
-    code, uri = run_search(tmp_path, space, "crash")
-    watcher.join()
-    assert code == 0 and killed, "the trial was not killed mid-run"
-    from autoprune.search.store import RunLookup, open_client
-
-    client = open_client(uri)
-    (child,) = RunLookup(client, client.get_experiment_by_name("crash").experiment_id).children()
-    assert child.data.tags["autoprune.status"] == "completed"
-    assert child.data.tags["autoprune.retries"] == "1"
-    steps = sorted(m.step for m in client.get_metric_history(child.info.run_id, "accuracy"))
-    assert steps == [1, 2, 3, 4, 5, 6, 6]
-    (trial_dir,) = (tmp_path / "ray" / "crash").glob("trial_*")
-    results = [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines()]
-    assert any(r["iterations_since_restore"] < r["training_iteration"] for r in results)
-
-
-def _kill_trial_after_epochs(folder: Path, epochs: int, killed: list[int]) -> None:
-    """Once the running trial has logged ``epochs`` epochs, SIGKILL its Ray worker."""
-    from autoprune.search.store import RunLookup, open_client
-
-    deadline = time.monotonic() + 180
-    while not _trial_workers() and time.monotonic() < deadline:
-        time.sleep(0.1)  # the store exists once a trial runs: no race on its creation
-    client = open_client(f"sqlite:///{folder / 'mlflow.db'}")
-    while time.monotonic() < deadline:
-        experiment = client.get_experiment_by_name("crash")
-        runs = RunLookup(client, experiment.experiment_id).children() if experiment else []
-        if runs and len(client.get_metric_history(runs[0].info.run_id, "accuracy")) >= epochs:
-            for pid in _trial_workers():
-                os.kill(pid, signal.SIGKILL)
-                killed.append(pid)
-            return
-        time.sleep(0.1)
-
-
-def _trial_workers() -> list[int]:
-    """This test process's Ray workers that run a trial (``ray::ImplicitFunc...``)."""
-    parents: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-            parents.setdefault(ppid, []).append(int(entry.name))
-    mine, todo = [], [os.getpid()]
-    while todo:
-        children = parents.get(todo.pop(), [])
-        mine += children
-        todo += children
-    workers = []
-    for pid in mine:
-        try:
-            if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::ImplicitFunc"):
-                workers.append(pid)
-        except OSError:
-            continue
-    return workers
-
-
 # --- two stages: a proxy search, then its best schedules at full fidelity ---------------
 
 TWO_STAGE_TRIALS = 6
 
 
 @pytest.fixture(scope="module")
-def two_stage(ray_session: None, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def two_stage(ray_session: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A two-stage search aimed at a budget: 6 proxy trials (2 epochs of 3 on 400 images),
-    then the 3 best proxy schedules within ``macs_ratio<=0.7`` at full fidelity."""
+    then the 3 best proxy schedules within ``macs_ratio<=0.7`` at full fidelity. Its driver
+    (a subprocess joining this process's Ray) is killed with SIGKILL once stage 2 has
+    completed a trial, then ``--resume`` finishes it: every test of the module checks the
+    resumed search."""
     from autoprune.search.store import RunLookup, open_client
 
     folder = tmp_path_factory.mktemp("two-stage")
@@ -343,11 +278,58 @@ def two_stage(ray_session: None, tmp_path_factory: pytest.TempPathFactory) -> di
              "fidelity": {"proxy": {"epochs": 2, "train_subset": 400}, "replay": {"top": 3}}}
     space["searched"] = {"methods": {
         "dense": {}, "filter": {"target_ratio": {"low": 0.2, "high": 0.9}, "end_epoch": 3}}}
-    code, uri = run_search(folder, space, "two", "--target", "macs_ratio<=0.7")
+    (folder / "two.yaml").write_text(yaml.safe_dump(space))
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    cmd = [sys.executable, "-m", "autoprune", "search", str(folder / "two.yaml"), "--name",
+           "two", "--tracking-uri", uri, "--storage-path", str(folder / "ray"),
+           "--target", "macs_ratio<=0.7", "--address", ray_session]
+    kill_when(cmd, folder / "first.log",
+              lambda text: " completed: " in text.partition("stage 2:")[2], 300)
     client = open_client(uri)
     lookup = RunLookup(client, client.get_experiment_by_name("two").experiment_id)
-    return {"code": code, "uri": uri, "client": client, "lookup": lookup, "folder": folder,
-            "space": space, "parent": lookup.parent(), "children": lookup.children()}
+    before = lookup.children()
+    resumed = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, timeout=300)
+    return {"code": resumed.returncode, "output": resumed.stdout + resumed.stderr, "uri": uri,
+            "client": client, "lookup": lookup, "folder": folder, "space": space,
+            "before": before, "parent": lookup.parent(), "children": lookup.children()}
+
+
+def kill_when(cmd: list[str], log_path: Path, ready: Any, timeout: float) -> None:
+    """Start the search ``cmd`` and SIGKILL it once ``ready(its output so far)`` holds. The
+    progress lines are watched, not MLflow: a second process opening the SQLite store while
+    the search creates it would race on the schema migration."""
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    try:
+        deadline = time.monotonic() + timeout
+        while not ready(log_path.read_text()):
+            assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.2)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def test_two_stage_search_killed_in_stage_2_resumes_there(two_stage: dict[str, Any]) -> None:
+    """Stage 1 is read back, not rerun; stage 2 goes on with the replays it had chosen, and
+    every trial has one child run."""
+    assert two_stage["code"] == 0, two_stage["output"][-3000:]
+    assert "stage 1:" not in two_stage["output"]  # straight back into stage 2
+    before, after = two_stage["before"], two_stage["children"]
+
+    def done(runs: list[Any], fidelity: str) -> dict[str, Any]:
+        return {c.info.run_id: c for c in runs if c.data.tags["autoprune.fidelity"] == fidelity
+                and c.data.tags.get("autoprune.status") == "completed"}
+
+    assert len(done(before, "proxy")) == TWO_STAGE_TRIALS
+    assert done(after, "proxy").keys() == done(before, "proxy").keys()  # not rerun
+    assert 1 <= len(done(before, "full")) < len(done(after, "full"))  # killed mid-stage 2
+    ids = [c.data.tags["autoprune.trial_id"] for c in after]
+    assert len(ids) == len(set(ids)), "a trial has two child runs"
+    replayed = [c.data.tags["autoprune.proxy_run_id"] for c in done(after, "full").values()]
+    assert len(replayed) == len(set(replayed))  # each chosen proxy replayed once
 
 
 def test_two_stage_search_tags_proxy_and_full_trials(two_stage: dict[str, Any]) -> None:

@@ -5,11 +5,9 @@ from __future__ import annotations
 import contextlib
 import csv
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -64,7 +62,7 @@ def runs_of(folder: Path, name: str) -> tuple[Any, list[Any], Any]:
 
 
 @pytest.fixture(scope="module")
-def searches(ray_session: None, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def searches(ray_session: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     folder = tmp_path_factory.mktemp("moasha")
     codes = {"moasha": search(folder, "mo", "--scheduler", "moasha"),
              "full": search(folder, "full")}
@@ -131,38 +129,33 @@ def test_successive_halving_spends_less_than_the_same_trials_at_full_fidelity(
     assert {c.data.tags["autoprune.status"] for c in full} == {"completed"}
 
 
-def test_moasha_search_resumes_after_its_driver_is_killed(ray_session: None,
+def test_moasha_search_resumes_after_its_driver_is_killed(ray_session: str,
                                                           tmp_path: Path) -> None:
-    """The driver dies mid-search; --resume ends every trial once, rung records kept."""
+    """The driver dies mid-search; --resume ends every trial once, rung records kept. Both
+    drivers join the test's Ray (``--address``), as drivers join a cluster."""
     from autoprune.search.moasha import STATE_FILE
 
     samples = 4
     (tmp_path / "space.yaml").write_text(yaml.safe_dump({**SPACE, "num_samples": samples}))
-    ray_tmp = tempfile.mkdtemp(prefix="apm")
-    env = {**os.environ, "RAY_TMPDIR": ray_tmp}
     cmd = [sys.executable, "-m", "autoprune", "search", str(tmp_path / "space.yaml"),
            "--name", "r", "--scheduler", "moasha", "--tracking-uri", uri(tmp_path),
-           "--storage-path", str(tmp_path / "ray")]
+           "--storage-path", str(tmp_path / "ray"), "--address", ray_session]
     log = tmp_path / "first.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
     try:
-        with open(log, "w") as out:
-            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
-                                    start_new_session=True)
-        try:
-            deadline = time.monotonic() + 240
-            while log.read_text().count(" done, ") < 2:
-                assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-                time.sleep(0.2)
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        assert (tmp_path / "ray" / "r" / STATE_FILE).is_file()
-        resumed = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True,
-                                 timeout=300)
-        assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+        deadline = time.monotonic() + 240
+        while log.read_text().count(" done, ") < 2:
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
     finally:
-        shutil.rmtree(ray_tmp, ignore_errors=True)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert (tmp_path / "ray" / "r" / STATE_FILE).is_file()
+    resumed = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     _, children, _ = runs_of(tmp_path, "r")
     ids = [c.data.tags["autoprune.trial_id"] for c in children]
     assert len(ids) == len(set(ids)), "a trial has two child runs"
