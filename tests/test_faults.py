@@ -10,9 +10,10 @@ Related coverage elsewhere (not repeated here):
   ``autoprune.diverged=true``, never on the front);
 - the driver killed with SIGKILL, then ``--resume``: here, in
   ``test_spooled_results_reach_mlflow_once_after_a_crash_and_resume`` (with the tracking
-  server down as well), and in stage 2 of a two-stage search in
-  ``tests/test_search_resume.py``;
-- bad input: ``tests/test_bad_input.py``; a Ray node lost: ``tests/test_cluster_e2e.py`` (its last test).
+  server down as well), in stage 2 of a two-stage search in ``tests/test_search_e2e.py``
+  and in a MOASHA search in ``tests/test_search_moasha.py``;
+- bad input: ``tests/test_bad_input.py``; a Ray node lost: the last test of
+  ``tests/test_cluster_e2e.py``.
 """
 
 from __future__ import annotations
