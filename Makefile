@@ -35,7 +35,7 @@ demo: install
 test:
 	@# the venv and the system packages install side by side
 	$(MAKE) --no-print-directory -j2 --output-sync=target install system-deps
-	$(BIN)/python -m pytest -q -n 2 --dist loadscope tests --durations=15
+	$(BIN)/python -m pytest -q -n 2 --dist loadscope --no-loadscope-reorder tests --durations=15
 
 lint: install
 	$(BIN)/ruff check autoprune tests benchmarks
